@@ -1,0 +1,1 @@
+"""The `gradsift` command line, a thin layer over the Python API."""

@@ -1,0 +1,1 @@
+"""Reading, validating and tokenising candidate pools, target sets and preference pairs."""

@@ -1,0 +1,1 @@
+"""Per-example gradient features: batched LoRA gradients, projection, preconditioning."""

@@ -1,0 +1,1 @@
+"""Loading models (local, hub, GGUF, built-in) and attaching LoRA adapters."""

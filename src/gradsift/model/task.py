@@ -1,0 +1,108 @@
+"""How to compute the loss of one example and of one preference pair: the only model-specific hook.
+
+Every per-example quantity (losses, gradients, features) goes through a task's ``losses`` method,
+which returns one loss per row so that summing it gives each example's own gradient.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from gradsift.data.tokenize import IGNORE
+
+Reduction = Literal["mean", "sum"]
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the label tokens.
+
+    Args:
+        logits: [B, T, V] model outputs.
+        labels: [B, T] targets, -100 where no loss applies (not yet shifted).
+
+    Returns:
+        ``logps`` [B, T-1] log-probability of each next token (0 where masked) and
+        ``mask`` [B, T-1] float, 1 where a loss applies.
+    """
+    logits = logits[:, :-1, :]
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    safe = target.masked_fill(~mask, 0)
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logps * mask, mask.float()
+
+
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's label tokens and their count.
+
+    Returns:
+        ``sum_logp`` [B] and ``n_tokens`` [B].
+    """
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logps, mask = token_logps(out.logits, batch["labels"])
+    return logps.sum(-1), mask.sum(-1)
+
+
+def adapter_disabled(model: Any):
+    """Context in which a peft model runs without its adapter (the reference model of DPO)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+
+@dataclass
+class SFTTask:
+    """Supervised loss of one example: negative log-likelihood of its response tokens.
+
+    Attributes:
+        reduction: ``"mean"`` (token-mean, LESS's and PRISM's ``lbar``) or ``"sum"`` (summed sequence loss).
+    """
+
+    reduction: Reduction = "mean"
+
+    def losses(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-row loss [B] for a padded batch (``input_ids``, ``attention_mask``, ``labels``)."""
+        sum_logp, n = sequence_logps(model, batch)
+        if self.reduction == "sum":
+            return -sum_logp
+        return -sum_logp / n.clamp(min=1)
+
+
+@dataclass
+class DPOTask:
+    """DPO loss of one pair, ``-log sigmoid(beta * margin)`` with the implicit reward margin
+
+    ``margin = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))``
+    (summed token log-probabilities, as TRL's sigmoid loss). The reference is the same model with
+    its adapter disabled, so no second copy of the weights is held.
+
+    Batches hold the chosen rows first and the rejected rows after them: rows ``i`` and ``B + i``
+    are pair ``i``; optional ``ref_logps`` [2B] skips the reference pass.
+    """
+
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+
+    def reference_logps(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed log-probabilities [2B] under the reference (adapter off), without gradient."""
+        with torch.no_grad(), adapter_disabled(model):
+            return sequence_logps(model, batch)[0]
+
+    def margins(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Implicit reward margin [B] (without the factor beta)."""
+        ref = batch.get("ref_logps")
+        if ref is None:
+            ref = self.reference_logps(model, batch)
+        pol = sequence_logps(model, batch)[0]
+        b = pol.shape[0] // 2
+        return (pol[:b] - ref[:b]) - (pol[b:] - ref[b:])
+
+    def losses(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-pair DPO loss [B]."""
+        return -F.logsigmoid(self.beta * self.margins(model, batch))

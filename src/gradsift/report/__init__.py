@@ -1,0 +1,1 @@
+"""Reports of selections and benchmarks."""

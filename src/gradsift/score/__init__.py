@@ -1,0 +1,1 @@
+"""Scoring criteria: influence scores and cheap baselines."""

@@ -1,0 +1,1 @@
+"""Turning scores into selections: budgets, top-k, quotas."""

@@ -1,0 +1,1 @@
+"""Feature files on disk: memmapped rows, a done-mask and metadata."""

@@ -1,0 +1,1 @@
+"""Fine-tuning with TRL: warm-up, SFT and DPO."""

@@ -43,7 +43,10 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     Returns:
         ``sum_logp`` [B] and ``n_tokens`` [B].
     """
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    att = batch["attention_mask"]
+    # positions count real tokens only, so left padding gives the same result as no padding
+    pos = (att.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=batch["input_ids"], attention_mask=att, position_ids=pos)
     logps, mask = token_logps(out.logits, batch["labels"])
     return logps.sum(-1), mask.sum(-1)
 

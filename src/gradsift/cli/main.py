@@ -1,0 +1,184 @@
+"""`gradsift` command line: subcommands as thin layers over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gradsift import __version__
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file not found")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a config file must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--option expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="'builtin' (SmolLM2-135M-Instruct), a local HF directory, a .gguf file or a hub id")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default auto)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def _select_config(args: argparse.Namespace) -> Any:
+    from gradsift.pipeline import SelectConfig
+
+    values: dict[str, Any] = _load_yaml(args.config) if args.config else {}
+    for key in ("pool", "out", "targets", "budget", "kind", "model", "dtype", "device", "pool_format",
+                "targets_format", "max_length", "batch_tokens", "seed", "loss_order", "length_order"):
+        v = getattr(args, key, None)
+        if v is not None:
+            values[key] = v
+    if args.method is not None:
+        values["methods"] = args.method
+    if args.overwrite:
+        values["overwrite"] = True
+    values["options"] = {**values.get("options", {}), **_parse_options(args.option or [])}
+    missing = [k for k in ("pool", "out") if not values.get(k)]
+    if missing:
+        raise ValueError("missing " + " and ".join("--" + m for m in missing))
+    return SelectConfig(**values)
+
+
+def _print_summary(result: Any, timings: dict[str, float] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    table = Table(title=f"gradsift select: {result.budget} of {result.n_pool} candidates per method")
+    table.add_column("method")
+    table.add_column("selected")
+    table.add_column("most selected task (share vs pool)")
+    for m, rows in result.selections.items():
+        shares = result.summary[m]
+        top = max(shares.items(), key=lambda kv: kv[1]["n_selected"])
+        table.add_row(m, str(len(rows)), f"{top[0]}: {top[1]['selected']:.0%} vs {top[1]['pool']:.0%}")
+    console.print(table)
+    console.print(f"outputs in {result.out}: selected.jsonl, scores.parquet, config.json")
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from gradsift.pipeline import run_select
+
+    result = run_select(_select_config(args))
+    _print_summary(result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gradsift.data.demo import write_demo_data
+    from gradsift.pipeline import SelectConfig, run_select
+
+    out = Path(args.out)
+    pool, targets = write_demo_data(out / "data", n_pool=args.n_pool, n_targets=args.n_targets, seed=args.seed)
+    print(f"demo data: {pool} ({args.n_pool} examples, 8 skills, ~15% noisy answers), {targets} (arithmetic)")
+    cfg = SelectConfig(
+        pool=str(pool), targets=str(targets), out=str(out / "selection"), methods=args.method, budget=args.budget,
+        model=args.model, max_length=128, batch_tokens=2048, seed=args.seed, overwrite=True,
+    )
+    result = run_select(cfg)
+    _print_summary(result)
+    print("\ntarget skill 'arithmetic' among the selected examples vs the pool's base rate:")
+    for m, shares in result.summary.items():
+        s = shares.get("arithmetic", {"selected": 0.0, "pool": 0.0, "n_selected": 0})
+        print(f"  {m:>10}: {s['n_selected']:3d}/{result.budget} = {s['selected']:.0%}  (base rate {s['pool']:.0%})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradsift", description="Pick the fine-tuning data worth training on (gradient-influence selection)."
+    )
+    parser.add_argument("--version", action="version", version=f"gradsift {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("select", help="score a candidate pool and select a budget of it",
+                       description="Score every candidate of a pool with one or more methods and keep a budget.")
+    p.add_argument("--config", help="YAML file of options (command-line flags override it)")
+    p.add_argument("--pool", help="candidate data: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), a saved dataset dir or hf:NAME")
+    p.add_argument("--targets", help="target examples (what the model should get better at)")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--method", help="method(s), comma-separated: random, length, loss, perplexity")
+    p.add_argument("--budget", help="count (50) or fraction (5%% or 0.05) to select; default 5%%")
+    p.add_argument("--kind", choices=["sft", "pair"], help="sft examples (default) or preference pairs")
+    p.add_argument("--pool-format", help="force the pool's format instead of detecting it")
+    p.add_argument("--targets-format", help="force the targets' format")
+    p.add_argument("--max-length", type=int, help="token limit per sequence (default 256)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 4096)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--loss-order", choices=["high", "low"], help="loss baseline keeps high (default) or low loss")
+    p.add_argument("--length-order", choices=["long", "short"], help="length baseline keeps long (default) or short")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="further method option (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("demo", help="run the built-in demo: a generated multi-skill pool, selection with a real model",
+                       description="Generate a multi-skill instruction pool and arithmetic targets, then select.")
+    p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
+    p.add_argument("--method", default="random,length,loss", help="methods (default random,length,loss)")
+    p.add_argument("--budget", default="10%", help="budget (default 10%%)")
+    p.add_argument("--n-pool", type=int, default=240, help="pool size (default 240)")
+    p.add_argument("--n-targets", type=int, default=16, help="number of targets (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="builtin", help="model (default builtin)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError, NotImplementedError, ImportError) as e:
+        if args.debug:
+            raise
+        print(f"gradsift {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gradsift {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

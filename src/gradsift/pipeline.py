@@ -1,0 +1,261 @@
+"""`select`: read a pool and targets, score every candidate with one or more methods, keep a budget.
+
+This is the Python API behind ``gradsift select``. Outputs in ``out``:
+``selected.jsonl`` (the first method's selection: original records plus ``gradsift_score``),
+``selected-<method>.jsonl`` for further methods, ``scores.parquet`` (every candidate, every method's
+score, rank and selection flag) and ``config.json`` (all settings, model and data fingerprints,
+timings), written last, so a directory with ``config.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from gradsift import __version__
+from gradsift.data.load import load_examples, load_pairs, write_records
+from gradsift.data.records import Kind, fingerprint
+from gradsift.model.load import LoadedModel, ModelSettings, load_model
+from gradsift.score.base import Method, ScoreContext, Scorer, Scores
+from gradsift.select.budget import Budget
+from gradsift.select.topk import top_k
+from gradsift.store.atomic import write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectConfig:
+    """Settings of one selection run.
+
+    Attributes:
+        pool: Candidate data (file, saved dataset directory, or ``hf:name``).
+        out: Output directory.
+        targets: Target examples (what the model should get better at); needed by target-aware methods.
+        methods: Methods to run, e.g. ``["less", "prism"]``; the first one writes ``selected.jsonl``.
+        budget: Count (``"50"``) or fraction (``"5%"``, ``"0.05"``) of the pool to keep.
+        kind: ``sft`` (examples) or ``pair`` (preference pairs).
+        model: ``builtin``, a local directory, a ``.gguf`` file or a hub id.
+        dtype: Model dtype (``auto``: bfloat16 on capable GPUs, float32 on CPU).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        pool_format: Force the pool's format instead of detecting it.
+        targets_format: Force the targets' format.
+        max_length: Token limit per sequence (see data/tokenize.py for the truncation policy).
+        batch_tokens: Padded tokens per batch.
+        seed: Seed for random choices (random baseline, projections, warm-up sampling).
+        loss_order: ``high`` keeps high-loss examples, ``low`` low-loss ones (loss/perplexity baselines).
+        length_order: ``long`` or ``short`` (length baseline).
+        overwrite: Replace the outputs of a run with different settings in `out`.
+        options: Further method options, passed to the scorers by name.
+    """
+
+    pool: str
+    out: str
+    targets: str | None = None
+    methods: list[str] = field(default_factory=lambda: ["random"])
+    budget: str = "5%"
+    kind: Literal["sft", "pair"] = "sft"
+    model: str = "builtin"
+    dtype: str = "auto"
+    device: str = "auto"
+    pool_format: str | None = None
+    targets_format: str | None = None
+    max_length: int = 256
+    batch_tokens: int = 4096
+    seed: int = 0
+    loss_order: Literal["high", "low"] = "high"
+    length_order: Literal["long", "short"] = "long"
+    overwrite: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.methods = [m.value for m in Method.parse_list(self.methods)]
+        Budget.parse(self.budget)
+        if self.kind not in ("sft", "pair"):
+            raise ValueError(f"kind must be 'sft' or 'pair', got {self.kind!r}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.batch_tokens < self.max_length:
+            raise ValueError(f"batch_tokens ({self.batch_tokens}) must be at least max_length ({self.max_length})")
+        if self.loss_order not in ("high", "low"):
+            raise ValueError(f"loss_order must be 'high' or 'low', got {self.loss_order!r}")
+        if self.length_order not in ("long", "short"):
+            raise ValueError(f"length_order must be 'long' or 'short', got {self.length_order!r}")
+        ModelSettings(model=self.model, dtype=self.dtype, device=self.device)  # type: ignore[arg-type]
+
+    def model_settings(self) -> ModelSettings:
+        return ModelSettings(model=self.model, dtype=self.dtype, device=self.device)  # type: ignore[arg-type]
+
+    def settings_for_comparison(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("overwrite")
+        return d
+
+
+@dataclass
+class SelectResult:
+    """What a selection run produced."""
+
+    out: Path
+    selections: dict[str, list[int]]
+    scores: dict[str, Scores]
+    n_pool: int
+    budget: int
+    summary: dict[str, Any]
+
+
+def make_scorer(method: Method) -> Scorer:
+    """The scorer of a method."""
+    from gradsift.score.length import LengthScorer
+    from gradsift.score.loss import LossScorer
+    from gradsift.score.random import RandomScorer
+
+    scorers: dict[Method, Any] = {
+        Method.RANDOM: RandomScorer,
+        Method.LENGTH: LengthScorer,
+        Method.LOSS: LossScorer,
+        Method.PERPLEXITY: lambda: LossScorer(perplexity=True),
+    }
+    if method not in scorers:
+        raise NotImplementedError(f"method '{method.value}' is not available in this version of gradsift")
+    return scorers[method]()
+
+
+def _check_out(out: Path, cfg: SelectConfig) -> None:
+    prev = out / "config.json"
+    if not prev.exists() or cfg.overwrite:
+        return
+    try:
+        old = json.loads(prev.read_text())["settings"]
+    except (json.JSONDecodeError, KeyError):
+        return
+    new = json.loads(json.dumps(cfg.settings_for_comparison()))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(
+            f"{out} holds a selection made with other settings ({', '.join(diff)} differ); "
+            "pass --overwrite to replace it or choose another --out"
+        )
+
+
+def task_shares(tasks: list[str | None], rows: list[int]) -> dict[str, dict[str, float]]:
+    """Share of each task label among `rows` and in the whole pool."""
+    pool = Counter(t or "(none)" for t in tasks)
+    sel = Counter(tasks[i] or "(none)" for i in rows)
+    n, k = len(tasks), max(len(rows), 1)
+    return {t: {"pool": pool[t] / n, "selected": sel.get(t, 0) / k, "n_selected": sel.get(t, 0)} for t in pool}
+
+
+def run_select(cfg: SelectConfig) -> SelectResult:
+    """Run a selection end to end (see module docstring for the outputs)."""
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, cfg)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    if cfg.kind == "pair":
+        pairs = load_pairs(cfg.pool, fmt=cfg.pool_format)
+        pool = []
+        records: list[Any] = pairs
+    else:
+        pairs = []
+        pool = load_examples(cfg.pool, kind=Kind.SFT, fmt=cfg.pool_format)
+        records = pool
+    targets = load_examples(cfg.targets, kind=Kind.TARGET, fmt=cfg.targets_format) if cfg.targets else []
+    timings["read"] = time.perf_counter() - t
+
+    n = len(records)
+    k = Budget.parse(cfg.budget).resolve(n)
+    cached: dict[str, LoadedModel] = {}
+
+    def loader() -> LoadedModel:
+        if "m" not in cached:
+            t1 = time.perf_counter()
+            cached["m"] = load_model(cfg.model_settings())
+            timings["load_model"] = time.perf_counter() - t1
+        return cached["m"]
+
+    options = {**cfg.options, "loss_order": cfg.loss_order, "length_order": cfg.length_order}
+    ctx = ScoreContext(
+        pool=pool, targets=targets, pairs=pairs, workdir=out / "cache", seed=cfg.seed, max_length=cfg.max_length,
+        batch_tokens=cfg.batch_tokens, load_model=loader, options=options, budget=k,
+    )
+    scores: dict[str, Scores] = {}
+    selections: dict[str, list[int]] = {}
+    for m in Method.parse_list(cfg.methods):
+        t = time.perf_counter()
+        s = make_scorer(m).score(ctx)
+        selections[m.value] = s.selected if s.selected is not None else top_k(s.score, k)
+        scores[m.value] = s
+        timings[f"score_{m.value}"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _write_outputs(out, cfg, records, scores, selections)
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    tasks = [r.task for r in records]
+    summary = {m: task_shares(tasks, rows) for m, rows in selections.items()}
+    config = {
+        "settings": cfg.settings_for_comparison(),
+        "gradsift_version": __version__,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "model": cached["m"].describe() if cached else None,
+        "data": {
+            "pool": {"path": cfg.pool, "n": n, "fingerprint": fingerprint(records)},
+            "targets": {"path": cfg.targets, "n": len(targets), "fingerprint": fingerprint(targets)}
+            if targets else None,
+        },
+        "tokenization": ctx._encoded[1].as_dict() if ctx._encoded else None,
+        "budget": k,
+        "methods": {m: s.info for m, s in scores.items()},
+        "task_shares": summary,
+        "timings_s": {k_: round(v, 3) for k_, v in timings.items()},
+    }
+    write_json_atomic(out / "config.json", config)
+    return SelectResult(out=out, selections=selections, scores=scores, n_pool=n, budget=k, summary=summary)
+
+
+def _write_outputs(
+    out: Path, cfg: SelectConfig, records: list[Any], scores: dict[str, Scores], selections: dict[str, list[int]]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(records)
+    cols: dict[str, Any] = {
+        "row": np.arange(n),
+        "id": [r.id for r in records],
+        "task": [r.task for r in records],
+        "source": [r.source for r in records],
+        "line": [r.line for r in records],
+    }
+    for m, s in scores.items():
+        cols[f"score_{m}"] = s.score
+        rank = np.full(n, -1)
+        rank[selections[m]] = np.arange(len(selections[m]))
+        cols[f"rank_{m}"] = rank
+        cols[f"selected_{m}"] = rank >= 0
+        for c, v in s.columns.items():
+            cols[f"{m}_{c}"] = np.asarray(v)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(cols), buf)
+    write_bytes_atomic(out / "scores.parquet", buf.getvalue().to_pybytes())
+    for i, (m, rows) in enumerate(selections.items()):
+        name = "selected.jsonl" if i == 0 else f"selected-{m}.jsonl"
+        write_records(
+            out / name, [records[r] for r in rows],
+            {"gradsift_id": [records[r].id for r in rows], "gradsift_score": [float(scores[m].score[r]) for r in rows],
+             "gradsift_method": [m] * len(rows)},
+        )

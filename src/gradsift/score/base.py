@@ -1,0 +1,120 @@
+"""The scorer interface: one verb, `score`, from a shared context to one value per candidate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from gradsift.data.records import Example, Pair
+from gradsift.data.tokenize import EncodeStats, Encoded, encode_examples
+from gradsift.model.load import LoadedModel
+
+
+class Method(str, Enum):
+    """Selection methods. Each maps to one scorer."""
+
+    RANDOM = "random"
+    LENGTH = "length"
+    LOSS = "loss"
+    PERPLEXITY = "perplexity"
+    IFD = "ifd"
+    EMBED = "embed"
+    LESS = "less"
+    PRISM = "prism"
+    BIDS = "bids"
+    TIF = "tif"
+    LOSSDIFF = "lossdiff"
+    IRM = "irm"
+    FUSION = "fusion"
+
+    @classmethod
+    def parse_list(cls, text: str | list[str]) -> list[Method]:
+        """Parse ``"less,prism"`` or a list into methods, with a clear error for unknown names."""
+        names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+        if not names:
+            raise ValueError("no method given; choose from " + ", ".join(m.value for m in cls))
+        out = []
+        for n in names:
+            try:
+                out.append(cls(n.lower()))
+            except ValueError:
+                raise ValueError(f"unknown method '{n}'; choose from " + ", ".join(m.value for m in cls)) from None
+        return out
+
+
+@dataclass
+class Scores:
+    """One method's result.
+
+    Attributes:
+        score: [N] float64, higher means keep first. NaN marks a candidate that must not be selected.
+        columns: Extra per-candidate columns [N] for ``scores.parquet`` (e.g. raw loss, per-task influence).
+        info: JSON-serialisable facts for ``config.json`` (timings, counts, excluded ids).
+        selected: Optional explicit selection (row indices, in selection order) for methods whose
+            selection is not a top-k of `score` (BIDS, band rules).
+    """
+
+    score: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    selected: list[int] | None = None
+
+
+@dataclass
+class ScoreContext:
+    """Everything a scorer may need, computed lazily and shared across methods of one run.
+
+    Attributes:
+        pool: Candidate examples (SFT) — empty for preference runs.
+        targets: Target examples.
+        pairs: Candidate preference pairs — empty for SFT runs.
+        workdir: Directory for caches (feature stores, generations) reused by later runs.
+        seed: Seed for every random choice.
+        max_length: Token limit per sequence.
+        batch_tokens: Padded tokens per batch (length-bucketed batching).
+        load_model: Loads the model on first use.
+        options: Method options (``SelectConfig`` fields) by name.
+        budget: Number of candidates to select (for methods that select iteratively).
+    """
+
+    pool: list[Example]
+    targets: list[Example]
+    workdir: Path
+    seed: int = 0
+    max_length: int = 256
+    batch_tokens: int = 4096
+    load_model: Callable[[], LoadedModel] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    budget: int = 0
+    pairs: list[Pair] = field(default_factory=list)
+    _model: LoadedModel | None = None
+    _encoded: tuple[list[Encoded], EncodeStats] | None = None
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            if self.load_model is None:
+                raise ValueError("this method needs a model, but none was configured")
+            self._model = self.load_model()
+        return self._model
+
+    def encoded_pool(self) -> tuple[list[Encoded], EncodeStats]:
+        """The pool tokenised with the model's tokenizer (cached)."""
+        if self._encoded is None:
+            self._encoded = encode_examples(self.model.tokenizer, self.pool, self.max_length)
+        return self._encoded
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs) if self.pairs else len(self.pool)
+
+
+class Scorer(Protocol):
+    """Scores every candidate of a context."""
+
+    def score(self, ctx: ScoreContext) -> Scores: ...

@@ -37,18 +37,44 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return logps * mask, mask.float()
 
 
+def _decoder_and_head(model: Any) -> tuple[Any, Any]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_dec = getattr(base, "get_decoder", None)
+    get_head = getattr(base, "get_output_embeddings", None)
+    if get_dec is None or get_head is None:
+        return None, None
+    return get_dec(), get_head()
+
+
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each row's label tokens and their count.
+
+    The output head runs only on the positions that carry a loss (the prompt's logits are never
+    built), which saves most of the head's cost on long prompts with a large vocabulary.
 
     Returns:
         ``sum_logp`` [B] and ``n_tokens`` [B].
     """
     att = batch["attention_mask"]
+    labels = batch["labels"]
     # positions count real tokens only, so left padding gives the same result as no padding
     pos = (att.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=batch["input_ids"], attention_mask=att, position_ids=pos)
-    logps, mask = token_logps(out.logits, batch["labels"])
-    return logps.sum(-1), mask.sum(-1)
+    decoder, head = _decoder_and_head(model)
+    if decoder is None or head is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=att, position_ids=pos)
+        logps, mask = token_logps(out.logits, labels)
+        return logps.sum(-1), mask.sum(-1)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=att, position_ids=pos).last_hidden_state
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    rows, cols = mask.nonzero(as_tuple=True)
+    logits = head(hidden[:, :-1][rows, cols]).float()  # [n_loss_tokens, V]
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    nll = F.cross_entropy(logits, target[rows, cols], reduction="none")
+    sum_logp = torch.zeros(labels.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, -nll)
+    return sum_logp, mask.sum(-1).to(nll.dtype)
 
 
 def adapter_disabled(model: Any):

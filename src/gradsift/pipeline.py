@@ -114,6 +114,8 @@ class SelectResult:
 
 def make_scorer(method: Method) -> Scorer:
     """The scorer of a method."""
+    from gradsift.score.embed import EmbedScorer
+    from gradsift.score.ifd import IFDScorer
     from gradsift.score.length import LengthScorer
     from gradsift.score.loss import LossScorer
     from gradsift.score.random import RandomScorer
@@ -123,6 +125,8 @@ def make_scorer(method: Method) -> Scorer:
         Method.LENGTH: LengthScorer,
         Method.LOSS: LossScorer,
         Method.PERPLEXITY: lambda: LossScorer(perplexity=True),
+        Method.IFD: IFDScorer,
+        Method.EMBED: EmbedScorer,
     }
     if method not in scorers:
         raise NotImplementedError(f"method '{method.value}' is not available in this version of gradsift")
@@ -195,7 +199,7 @@ def run_select(cfg: SelectConfig) -> SelectResult:
     for m in Method.parse_list(cfg.methods):
         t = time.perf_counter()
         s = make_scorer(m).score(ctx)
-        selections[m.value] = s.selected if s.selected is not None else top_k(s.score, k)
+        selections[m.value] = s.selected if s.selected is not None else top_k(s.score, k).indices
         scores[m.value] = s
         timings[f"score_{m.value}"] = time.perf_counter() - t
 

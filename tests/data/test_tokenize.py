@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_tiny_tokenizer
+from testkit import make_tiny_tokenizer
 
 from gradsift.data.records import Example
 from gradsift.data.tokenize import IGNORE, bucket_batches, collate, encode_examples, encode_messages

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_tokenizer
+from testkit import make_tiny_model, make_tiny_tokenizer
 
 from gradsift.data.tokenize import IGNORE, encode_messages
 from gradsift.evaluate.generate import (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from testkit import make_tiny_model
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_model, make_tiny_tokenizer
+from testkit import make_tiny_model, make_tiny_tokenizer
 
 from gradsift.data.tokenize import collate, encode_messages
 from gradsift.model.lora import LoraSettings, attach_lora

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_tokenizer
+from testkit import make_tiny_tokenizer
 from datasets import Dataset
 from peft import PeftModel
 from trainkit import FAST, make_pairs

@@ -1,7 +1,7 @@
 """Tiny examples and pairs for the training tests, and a fast trainer configuration.
 
 A plain module rather than a conftest.py: a second module named ``conftest`` would shadow
-``tests/conftest.py`` for ``from conftest import ...`` in other test folders.
+``tests/conftest.py`` for ``from testkit import ...`` in other test folders.
 """
 
 from __future__ import annotations

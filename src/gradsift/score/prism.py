@@ -1,0 +1,190 @@
+"""PRISM preference-aware influence scores (methods.md section 2; Lin et al. 2026).
+
+Each target prompt ``q`` has a wanted response ``y+`` and an unwanted one ``y-``. With the token-mean
+losses ``lbar = -log pbar`` at the reference checkpoint, the preference weight is
+
+    pi_q = pbar(y+|q) / (pbar(y+|q) + pbar(y-|q)) = sigmoid(lbar(q, y-) - lbar(q, y+)),
+
+the target direction of checkpoint c is
+
+    g*_c = (1/|Q|) sum_q pi_q (grad lbar_c(q, y+) - grad lbar_c(q, y-)),
+
+and a candidate's score is ``s(z) = sum_c w_c <g_c(z), g*_c>`` (raw inner product, as in the paper), or with
+``cosine`` scoring ``sum_c w_c cos(g_c(z), g*_c)``. A gradient step on ``z`` with learning rate ``eta``
+changes ``log pbar(y+) - log pbar(y-)`` by ``eta * s(z)`` to first order, so high scores push the model
+towards ``y+``.
+
+Missing ``y-`` (gradsift's choice, methods.md section 2): when a target has no ``rejected`` response,
+``y-`` is the model's own greedy response to ``q``, so ``g*`` points from what the model does now towards
+what the user wants; a user-given ``rejected`` always wins. That generation happens where the target
+gradients are computed; this module takes the resulting features and losses as arrays.
+``uniform=True`` sets every ``pi_q = 1``, the ablation the paper reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from gradsift.score.influence import checkpoint_weights, default_chunk_rows, rows_of, weighted_influence_chunks
+
+
+class Scoring(StrEnum):
+    """How a candidate feature is compared with the target direction."""
+
+    RAW = "raw"
+    COSINE = "cosine"
+
+
+@dataclass(frozen=True)
+class PrismScores:
+    """PRISM scores of a candidate pool.
+
+    Attributes:
+        scores: float64 [N]; ``-inf`` for bad rows.
+        preference: float64 [M]: the weights ``pi_q`` used (all 1 with ``uniform``).
+        directions: float64 [C, k]: the target direction ``g*_c`` of each checkpoint.
+        bad: bool [N]: rows excluded (masked by the caller or with non-finite features).
+    """
+
+    scores: np.ndarray
+    preference: np.ndarray
+    directions: np.ndarray
+    bad: np.ndarray
+
+    @property
+    def bad_rows(self) -> np.ndarray:
+        """int64 indices of the bad rows, for reporting."""
+        return np.flatnonzero(self.bad)
+
+
+def preference_weights(loss_chosen: Any, loss_rejected: Any, uniform: bool = False) -> np.ndarray:
+    """Preference weights ``pi_q = pbar(y+) / (pbar(y+) + pbar(y-))`` (methods.md section 2).
+
+    Computed as ``sigmoid(lbar- - lbar+)`` in a form that neither overflows nor loses the small weights,
+    so losses in the hundreds (long, unlikely responses) are fine.
+
+    Args:
+        loss_chosen: Token-mean losses ``lbar(q, y+)`` [M] at the reference checkpoint.
+        loss_rejected: Token-mean losses ``lbar(q, y-)`` [M].
+        uniform: Return all ones (the paper's ablation); the losses are still checked.
+
+    Returns:
+        float64 array [M] in [0, 1].
+
+    Raises:
+        ValueError: If the losses are not 1-D of equal length, are empty, or are not finite.
+    """
+    lp = np.asarray(loss_chosen, dtype=np.float64)
+    lm = np.asarray(loss_rejected, dtype=np.float64)
+    if lp.ndim != 1 or lp.shape != lm.shape or len(lp) == 0:
+        raise ValueError(f"need one chosen and one rejected loss per target, got shapes {lp.shape} and {lm.shape}")
+    if not (np.all(np.isfinite(lp)) and np.all(np.isfinite(lm))):
+        raise ValueError("target losses must be finite (a NaN/inf loss would make pi_q undefined)")
+    if uniform:
+        return np.ones_like(lp)
+    x = lm - lp
+    # sigmoid(x) = 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) for x < 0: the exponent is never positive.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def target_direction(
+    grad_chosen: Any, grad_rejected: Any, preference: np.ndarray, chunk_rows: int | None = None
+) -> np.ndarray:
+    """``g* = (1/|Q|) sum_q pi_q (g+_q - g-_q)`` for one checkpoint, streamed over target rows.
+
+    Args:
+        grad_chosen: Projected gradients of ``lbar(q, y+)`` [M, k] (array or memmap).
+        grad_rejected: Projected gradients of ``lbar(q, y-)`` [M, k].
+        preference: Weights ``pi_q`` [M].
+        chunk_rows: Target rows per block; None picks about 64 MB per block.
+
+    Returns:
+        float64 array [k].
+
+    Raises:
+        ValueError: On mismatched shapes, non-finite gradients or ``chunk_rows < 1``.
+    """
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    gp = rows_of(grad_chosen, "chosen target gradients")
+    gm = rows_of(grad_rejected, "rejected target gradients")
+    if gp.shape != gm.shape or preference.shape != (gp.shape[0],):
+        raise ValueError(
+            f"chosen gradients {tuple(gp.shape)}, rejected gradients {tuple(gm.shape)} and preference weights "
+            f"{preference.shape} must agree on M targets and k"
+        )
+    m, k = gp.shape
+    # Two float64 row blocks per step: as much memory as a float32 block of 4k columns.
+    rows = chunk_rows or default_chunk_rows(4 * k, 0)
+    total = np.zeros(k)
+    for start in range(0, m, rows):
+        diff = np.asarray(gp[start : start + rows], dtype=np.float64) - np.asarray(
+            gm[start : start + rows], dtype=np.float64
+        )
+        total += preference[start : start + rows] @ diff
+    if not np.all(np.isfinite(total)):
+        raise ValueError("target gradients contain NaN/inf: the target direction is undefined")
+    return total / m
+
+
+def prism_scores(
+    candidates: Sequence[Any],
+    grad_chosen: Sequence[Any],
+    grad_rejected: Sequence[Any],
+    loss_chosen: Any,
+    loss_rejected: Any,
+    weights: Sequence[float] | None = None,
+    scoring: Scoring | str = Scoring.RAW,
+    uniform: bool = False,
+    bad: Any = None,
+    chunk_rows: int | None = None,
+) -> PrismScores:
+    """PRISM scores ``s(z) = sum_c w_c <g_c(z), g*_c>`` of a candidate pool (methods.md section 2).
+
+    Args:
+        candidates: Per checkpoint, candidate gradient features [N, k] (summed-loss gradients in the paper).
+        grad_chosen: Per checkpoint, target gradients of ``lbar(q, y+)`` [M, k].
+        grad_rejected: Per checkpoint, target gradients of ``lbar(q, y-)`` [M, k] (module docstring for
+            targets without a rejected response).
+        loss_chosen: Token-mean losses ``lbar(q, y+)`` [M] at the reference checkpoint.
+        loss_rejected: Token-mean losses ``lbar(q, y-)`` [M] at the reference checkpoint.
+        weights: Per checkpoint weight (e.g. mean learning rate); None weighs all 1.
+        scoring: ``"raw"`` inner product (the paper) or ``"cosine"``.
+        uniform: Weigh every target 1 instead of ``pi_q`` (the paper's ablation).
+        bad: Optional boolean mask [N] of rows known bad.
+        chunk_rows: Candidate rows per block; None picks about 64 MB per block.
+
+    Returns:
+        Scores [N] (bad rows ``-inf``), the preference weights, the per-checkpoint directions and the bad mask.
+
+    Raises:
+        ValueError: On mismatched checkpoints or shapes, non-finite losses or target gradients, invalid
+            weights or mask, or an unknown scoring.
+    """
+    scoring = Scoring(scoring)
+    if not len(candidates) == len(grad_chosen) == len(grad_rejected):
+        raise ValueError(
+            f"got candidate features for {len(candidates)} checkpoints, chosen target gradients for "
+            f"{len(grad_chosen)} and rejected for {len(grad_rejected)}"
+        )
+    checkpoint_weights(weights, len(candidates))
+    preference = preference_weights(loss_chosen, loss_rejected, uniform)
+    directions = np.stack(
+        [target_direction(gp, gm, preference, chunk_rows) for gp, gm in zip(grad_chosen, grad_rejected, strict=True)]
+    )
+    n = rows_of(candidates[0], "candidate features").shape[0]
+    scores = np.empty(n)
+    blocks = weighted_influence_chunks(
+        candidates, [d[None, :] for d in directions], weights, scoring is Scoring.COSINE, chunk_rows, bad
+    )
+    for start, block in blocks:
+        scores[start : start + block.shape[0]] = block[:, 0]
+    is_bad = ~np.isfinite(scores)
+    scores[is_bad] = -np.inf
+    return PrismScores(scores, preference, directions, is_bad)

@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gradsift import __version__
+from gradsift.cli.main import main
+from gradsift.data.demo import write_demo_data
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+    for sub in ("select", "demo"):
+        with pytest.raises(SystemExit):
+            main([sub, "--help"])
+        assert "--" in capsys.readouterr().out
+
+
+def test_select_end_to_end_in_a_subprocess(tmp_path, tiny_model_dir):
+    pool, targets = write_demo_data(tmp_path / "d", n_pool=30, n_targets=3)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gradsift", "select", "--model", str(tiny_model_dir), "--pool", str(pool),
+           "--targets", str(targets), "--budget", "20%", "--method", "loss,length", "--out", str(out),
+           "--max-length", "96", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "outputs in" in r.stdout
+    assert len((out / "selected.jsonl").read_text().splitlines()) == 6
+    assert json.loads((out / "config.json").read_text())["budget"] == 6
+
+
+def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path, capsys, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{not json\n')
+    code = main(["select", "--pool", str(bad), "--out", str(tmp_path / "o"), "--method", "random",
+                 "--model", str(tiny_model_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.jsonl" in err and "line 2" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "selected.jsonl").exists()
+
+
+def test_missing_arguments_and_yaml_config(tmp_path, capsys, tiny_model_dir):
+    assert main(["select", "--method", "random"]) == 2
+    assert "--pool" in capsys.readouterr().err
+    pool, _ = write_demo_data(tmp_path / "d", n_pool=20, n_targets=2)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"pool: {pool}\nout: {tmp_path / 'o'}\nmethods: [random]\nbudget: 5\nmodel: {tiny_model_dir}\n")
+    assert main(["select", "--config", str(cfg), "--budget", "4"]) == 0
+    assert len((tmp_path / "o" / "selected.jsonl").read_text().splitlines()) == 4

@@ -53,6 +53,10 @@ class SelectConfig:
         seed: Seed for random choices (random baseline, projections, warm-up sampling).
         loss_order: ``high`` keeps high-loss examples, ``low`` low-loss ones (loss/perplexity baselines).
         length_order: ``long`` or ``short`` (length baseline).
+        on_invalid: ``raise`` (default) stops at the first invalid record with its file, line and field;
+            ``skip`` drops invalid records with a warning naming them.
+        pool_limit: Use only the first N pool records (0: all).
+        targets_limit: Use only the first N targets (0: all).
         overwrite: Replace the outputs of a run with different settings in `out`.
         options: Further method options, passed to the scorers by name.
     """
@@ -73,6 +77,9 @@ class SelectConfig:
     seed: int = 0
     loss_order: Literal["high", "low"] = "high"
     length_order: Literal["long", "short"] = "long"
+    on_invalid: Literal["raise", "skip"] = "raise"
+    pool_limit: int = 0
+    targets_limit: int = 0
     overwrite: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +92,10 @@ class SelectConfig:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if self.batch_tokens < self.max_length:
             raise ValueError(f"batch_tokens ({self.batch_tokens}) must be at least max_length ({self.max_length})")
+        if self.on_invalid not in ("raise", "skip"):
+            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {self.on_invalid!r}")
+        if self.pool_limit < 0 or self.targets_limit < 0:
+            raise ValueError("pool_limit and targets_limit must be >= 0 (0 means all)")
         if self.loss_order not in ("high", "low"):
             raise ValueError(f"loss_order must be 'high' or 'low', got {self.loss_order!r}")
         if self.length_order not in ("long", "short"):
@@ -168,14 +179,23 @@ def run_select(cfg: SelectConfig) -> SelectResult:
 
     t = time.perf_counter()
     if cfg.kind == "pair":
-        pairs = load_pairs(cfg.pool, fmt=cfg.pool_format)
+        pairs = load_pairs(cfg.pool, fmt=cfg.pool_format, on_invalid=cfg.on_invalid)
         pool = []
         records: list[Any] = pairs
     else:
         pairs = []
-        pool = load_examples(cfg.pool, kind=Kind.SFT, fmt=cfg.pool_format)
+        pool = load_examples(cfg.pool, kind=Kind.SFT, fmt=cfg.pool_format, on_invalid=cfg.on_invalid)
         records = pool
-    targets = load_examples(cfg.targets, kind=Kind.TARGET, fmt=cfg.targets_format) if cfg.targets else []
+    targets = (
+        load_examples(cfg.targets, kind=Kind.TARGET, fmt=cfg.targets_format, on_invalid=cfg.on_invalid)
+        if cfg.targets
+        else []
+    )
+    if cfg.pool_limit:
+        records = records[: cfg.pool_limit]
+        pool, pairs = pool[: cfg.pool_limit], pairs[: cfg.pool_limit]
+    if cfg.targets_limit:
+        targets = targets[: cfg.targets_limit]
     timings["read"] = time.perf_counter() - t
 
     n = len(records)
@@ -191,8 +211,16 @@ def run_select(cfg: SelectConfig) -> SelectResult:
 
     options = {**cfg.options, "loss_order": cfg.loss_order, "length_order": cfg.length_order}
     ctx = ScoreContext(
-        pool=pool, targets=targets, pairs=pairs, workdir=out / "cache", seed=cfg.seed, max_length=cfg.max_length,
-        batch_tokens=cfg.batch_tokens, load_model=loader, options=options, budget=k,
+        pool=pool,
+        targets=targets,
+        pairs=pairs,
+        workdir=out / "cache",
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+        batch_tokens=cfg.batch_tokens,
+        load_model=loader,
+        options=options,
+        budget=k,
     )
     scores: dict[str, Scores] = {}
     selections: dict[str, list[int]] = {}
@@ -219,7 +247,8 @@ def run_select(cfg: SelectConfig) -> SelectResult:
         "data": {
             "pool": {"path": cfg.pool, "n": n, "fingerprint": fingerprint(records)},
             "targets": {"path": cfg.targets, "n": len(targets), "fingerprint": fingerprint(targets)}
-            if targets else None,
+            if targets
+            else None,
         },
         "tokenization": ctx._encoded[1].as_dict() if ctx._encoded else None,
         "budget": k,
@@ -259,7 +288,11 @@ def _write_outputs(
     for i, (m, rows) in enumerate(selections.items()):
         name = "selected.jsonl" if i == 0 else f"selected-{m}.jsonl"
         write_records(
-            out / name, [records[r] for r in rows],
-            {"gradsift_id": [records[r].id for r in rows], "gradsift_score": [float(scores[m].score[r]) for r in rows],
-             "gradsift_method": [m] * len(rows)},
+            out / name,
+            [records[r] for r in rows],
+            {
+                "gradsift_id": [records[r].id for r in rows],
+                "gradsift_score": [float(scores[m].score[r]) for r in rows],
+                "gradsift_method": [m] * len(rows),
+            },
         )

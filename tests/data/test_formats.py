@@ -271,7 +271,7 @@ def test_hh_malformed(chosen, rejected, message):
         ({"messages": [{"role": "user", "content": None}]}, "messages[0].content", "found null"),
         ({"messages": [user("q"), {"role": "assistant", "content": {"text": "a"}}]}, "messages[1].content", "object"),
         ({"messages": [user("q"), user("again")]}, "messages", "no assistant turn"),
-        ({"messages": TURNS, "id": 1.5}, "id", "expected a string or integer id, found float"),
+        ({"messages": TURNS, "id": 1.5}, "id", "expected a string or integer id, found a number"),
         ({"messages": TURNS, "id": True}, "id", "found a boolean"),
         ({"messages": TURNS, "task": 4}, "task", "expected a string"),
         ({"prompt": "p", "response": "\ud800"}, "response", "unpaired surrogate"),

@@ -251,3 +251,40 @@ def test_write_jsonl_round_trips_any_json(rows, gz):
         back = [r for _, r in read_rows(path)]
     # NaN != NaN; compare the JSON texts instead.
     assert json.dumps(back) == json.dumps(rows)
+
+
+def naive_hh(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, str]:
+    """Reference for well-formed pairs: cut each transcript at its own last Assistant marker."""
+    marker = "\n\nAssistant:"
+    prompt_text = chosen[: chosen.rfind(marker)]
+    assert prompt_text == rejected[: rejected.rfind(marker)]
+    turns = []
+    for block in prompt_text.split("\n\n")[1:]:
+        speaker, _, text = block.partition(":")
+        turns.append({"role": "user" if speaker == "Human" else "assistant", "content": text.strip()})
+    return (
+        turns,
+        chosen[chosen.rfind(marker) + len(marker) :].strip(),
+        rejected[rejected.rfind(marker) + len(marker) :].strip(),
+    )
+
+
+# Turn text without blank lines or colons, so the naive split above is exact.
+PLAIN = st.text(st.characters(exclude_characters="\n:"), max_size=12)
+
+
+@SETTINGS
+@given(
+    exchanges=st.lists(st.tuples(PLAIN, PLAIN), min_size=1, max_size=3),
+    question=PLAIN,
+    good=PLAIN,
+    bad=PLAIN,
+)
+def test_hh_parsing_matches_a_naive_reference_on_well_formed_pairs(exchanges, question, good, bad):
+    prefix = "".join(f"\n\nHuman: {q}\n\nAssistant: {a}" for q, a in exchanges) + f"\n\nHuman: {question}"
+    row = {"chosen": f"{prefix}\n\nAssistant: {good}", "rejected": f"{prefix}\n\nAssistant: {bad}"}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "hh.jsonl"
+        path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+        pair = load_pairs(path)[0]
+    assert (pair.prompt, pair.chosen, pair.rejected) == naive_hh(row["chosen"], row["rejected"])

@@ -4,7 +4,7 @@ reference (one autograd backward per example) that every batched path is checked
 from __future__ import annotations
 
 import torch
-from conftest import make_tiny_model, make_tiny_tokenizer
+from testkit import make_tiny_model, make_tiny_tokenizer
 
 from gradsift.data.tokenize import Encoded, collate, encode_messages
 from gradsift.model.lora import LoraSettings, attach_lora

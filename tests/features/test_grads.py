@@ -1,6 +1,8 @@
 import pytest
 import torch
 from _lora_setup import ALL, QV, assert_close_rows, encodings, lora_model, lora_params, pad_id, reference_grad, single
+from peft import LoraConfig, get_peft_model
+from testkit import make_tiny_model, make_tiny_tokenizer
 
 from gradsift.data.tokenize import collate, encode_messages
 from gradsift.features.grads import FlatGradients, LoraGradients, pair_groups
@@ -164,8 +166,6 @@ def test_layers_follow_named_parameters_and_flat_layout():
 
 
 def test_unsupported_models_are_refused():
-    from conftest import make_tiny_model
-
     tok, model = lora_model(QV)
     with pytest.raises(ValueError, match="no active LoRA"):
         LoraGradients(make_tiny_model(len(tok)))
@@ -182,9 +182,6 @@ def test_unsupported_models_are_refused():
 
 
 def _dora_model():
-    from conftest import make_tiny_model, make_tiny_tokenizer
-    from peft import LoraConfig, get_peft_model
-
     base = make_tiny_model(len(make_tiny_tokenizer()))
     return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, task_type="CAUSAL_LM"))
 

@@ -50,8 +50,26 @@ def _select_config(args: argparse.Namespace) -> Any:
     from gradsift.pipeline import SelectConfig
 
     values: dict[str, Any] = _load_yaml(args.config) if args.config else {}
-    for key in ("pool", "out", "targets", "budget", "kind", "model", "dtype", "device", "pool_format",
-                "targets_format", "max_length", "batch_tokens", "seed", "loss_order", "length_order"):
+    for key in (
+        "pool",
+        "out",
+        "targets",
+        "budget",
+        "kind",
+        "model",
+        "dtype",
+        "device",
+        "pool_format",
+        "targets_format",
+        "max_length",
+        "batch_tokens",
+        "seed",
+        "loss_order",
+        "length_order",
+        "pool_limit",
+        "on_invalid",
+        "targets_limit",
+    ):
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
@@ -99,8 +117,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pool, targets = write_demo_data(out / "data", n_pool=args.n_pool, n_targets=args.n_targets, seed=args.seed)
     print(f"demo data: {pool} ({args.n_pool} examples, 8 skills, ~15% noisy answers), {targets} (arithmetic)")
     cfg = SelectConfig(
-        pool=str(pool), targets=str(targets), out=str(out / "selection"), methods=args.method, budget=args.budget,
-        model=args.model, max_length=128, batch_tokens=2048, seed=args.seed, overwrite=True,
+        pool=str(pool),
+        targets=str(targets),
+        out=str(out / "selection"),
+        methods=args.method,
+        budget=args.budget,
+        model=args.model,
+        max_length=128,
+        batch_tokens=2048,
+        seed=args.seed,
+        overwrite=True,
     )
     result = run_select(cfg)
     _print_summary(result)
@@ -108,6 +134,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for m, shares in result.summary.items():
         s = shares.get("arithmetic", {"selected": 0.0, "pool": 0.0, "n_selected": 0})
         print(f"  {m:>10}: {s['n_selected']:3d}/{result.budget} = {s['selected']:.0%}  (base rate {s['pool']:.0%})")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from gradsift.features.extract import FeatureConfig, extract_features
+
+    values: dict[str, Any] = _load_yaml(args.config) if args.config else {}
+    for key in (
+        "data",
+        "out",
+        "kind",
+        "response",
+        "model",
+        "dtype",
+        "device",
+        "adapter",
+        "optimizer",
+        "lora_rank",
+        "lora_alpha",
+        "lora_seed",
+        "projector",
+        "dim",
+        "k_in",
+        "k_out",
+        "projection",
+        "projection_seed",
+        "reduction",
+        "beta",
+        "max_length",
+        "batch_tokens",
+        "max_batch",
+        "store_dtype",
+        "fmt",
+        "limit",
+        "on_invalid",
+    ):
+        v = getattr(args, key, None)
+        if v is not None:
+            values[key] = v
+    if args.lora_targets:
+        values["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    if args.overwrite:
+        values["overwrite"] = True
+    missing = [k for k in ("data", "out") if not values.get(k)]
+    if missing:
+        raise ValueError("missing " + " and ".join("--" + m for m in missing))
+    store = extract_features(FeatureConfig(**values))
+    if int(os.environ.get("RANK", "0")) == 0:
+        layout = store.layout
+        print(
+            f"features: {store.path} [{layout.n_rows} x {layout.dim}] {layout.dtype}, "
+            f"{len(store.bad_rows())} rows with NaN/inf excluded"
+        )
     return 0
 
 
@@ -119,10 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("select", help="score a candidate pool and select a budget of it",
-                       description="Score every candidate of a pool with one or more methods and keep a budget.")
+    p = sub.add_parser(
+        "select",
+        help="score a candidate pool and select a budget of it",
+        description="Score every candidate of a pool with one or more methods and keep a budget.",
+    )
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
-    p.add_argument("--pool", help="candidate data: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), a saved dataset dir or hf:NAME")
+    p.add_argument(
+        "--pool", help="candidate data: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), a saved dataset dir or hf:NAME"
+    )
     p.add_argument("--targets", help="target examples (what the model should get better at)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--method", help="method(s), comma-separated: random, length, loss, perplexity")
@@ -133,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="token limit per sequence (default 256)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 4096)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at an invalid record (default) or skip it")
+    p.add_argument("--pool-limit", type=int, help="use only the first N pool records")
+    p.add_argument("--targets-limit", type=int, help="use only the first N targets")
     p.add_argument("--loss-order", choices=["high", "low"], help="loss baseline keeps high (default) or low loss")
     p.add_argument("--length-order", choices=["long", "short"], help="length baseline keeps long (default) or short")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="further method option (repeatable)")
@@ -140,8 +227,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("demo", help="run the built-in demo: a generated multi-skill pool, selection with a real model",
-                       description="Generate a multi-skill instruction pool and arithmetic targets, then select.")
+    p = sub.add_parser(
+        "features",
+        help="compute per-example gradient features into a resumable store",
+        description="Per-example LoRA gradients, projected, written to a resumable feature store. "
+        "Under torchrun, ranks share the rows of one store.",
+    )
+    p.add_argument("--config", help="YAML file of options (command-line flags override it)")
+    p.add_argument("--data", help="records: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), saved dataset dir or hf:NAME")
+    p.add_argument("--kind", choices=["sft", "target", "pair"], help="candidates (default), targets or pairs")
+    p.add_argument("--response", choices=["chosen", "rejected"], help="y+ (default) or the rejected response y-")
+    p.add_argument("--out", help="store directory")
+    p.add_argument("--adapter", help="LoRA adapter directory (a warm-up checkpoint); default a fresh LoRA")
+    p.add_argument("--optimizer", help="warm-up checkpoint with Adam moments: LESS's preconditioned features")
+    p.add_argument("--lora-rank", type=int, help="rank of a fresh LoRA (default 8)")
+    p.add_argument("--lora-alpha", type=int, help="alpha of a fresh LoRA (default 16)")
+    p.add_argument("--lora-targets", help="modules of a fresh LoRA, comma-separated (default q_proj,v_proj)")
+    p.add_argument("--lora-seed", type=int, help="seed of a fresh LoRA (default 0)")
+    p.add_argument("--projector", choices=["auto", "dense", "factorized"], help="default auto (factorized)")
+    p.add_argument("--dim", type=int, help="dense projection dimension (default 8192)")
+    p.add_argument("--k-in", type=int, help="factorized: input-side size per layer (default 16)")
+    p.add_argument("--k-out", type=int, help="factorized: output-side size per layer (default 16)")
+    p.add_argument("--projection", choices=["rademacher", "gaussian"], help="projection entries")
+    p.add_argument("--projection-seed", type=int, help="projection seed (default 0)")
+    p.add_argument("--reduction", choices=["mean", "sum"], help="per-example loss: token mean (default) or sum")
+    p.add_argument("--beta", type=float, help="DPO beta for pairs (default 0.1)")
+    p.add_argument("--max-length", type=int, help="token limit per sequence (default 256)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 4096)")
+    p.add_argument("--max-batch", type=int, help="most examples per batch (default 64)")
+    p.add_argument("--store-dtype", choices=["float16", "float32"], help="row dtype on disk (default float16)")
+    p.add_argument("--fmt", help="force the data format")
+    p.add_argument("--limit", type=int, help="use only the first N records")
+    p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at (default) or skip invalid records")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the built-in demo: a generated multi-skill pool, selection with a real model",
+        description="Generate a multi-skill instruction pool and arithmetic targets, then select.",
+    )
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--method", default="random,length,loss", help="methods (default random,length,loss)")
     p.add_argument("--budget", default="10%", help="budget (default 10%%)")
@@ -159,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.debug:
         import warnings

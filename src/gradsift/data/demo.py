@@ -17,29 +17,76 @@ from gradsift.store.atomic import write_text_atomic
 
 Record = dict[str, object]
 
-_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Liam", "Mei", "Noor"]
+_NAMES = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kemi",
+    "Liam",
+    "Mei",
+    "Noor",
+]
 _ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells", "coins", "cards"]
 _CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Kenya": "Nairobi", "Canada": "Ottawa", "Peru": "Lima",
-    "Norway": "Oslo", "Egypt": "Cairo", "Vietnam": "Hanoi", "Chile": "Santiago", "Poland": "Warsaw",
-    "Australia": "Canberra", "India": "New Delhi", "Ghana": "Accra", "Spain": "Madrid", "Turkey": "Ankara",
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Kenya": "Nairobi",
+    "Canada": "Ottawa",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Egypt": "Cairo",
+    "Vietnam": "Hanoi",
+    "Chile": "Santiago",
+    "Poland": "Warsaw",
+    "Australia": "Canberra",
+    "India": "New Delhi",
+    "Ghana": "Accra",
+    "Spain": "Madrid",
+    "Turkey": "Ankara",
 }
 _WORDS = ["garden", "planet", "silver", "window", "rocket", "bridge", "forest", "candle", "mirror", "castle", "pepper"]
-_ANTONYMS = {"hot": "cold", "early": "late", "happy": "sad", "heavy": "light", "open": "closed", "ancient": "modern",
-             "generous": "stingy", "brave": "cowardly", "narrow": "wide", "rough": "smooth", "loud": "quiet"}
-_REVIEWS = [("I loved every minute of this film, the acting was superb.", "Positive"),
-            ("The food was cold and the waiter ignored us all evening.", "Negative"),
-            ("Setup took two minutes and it has worked perfectly since.", "Positive"),
-            ("The battery died after a week and support never replied.", "Negative"),
-            ("A charming little book that made me smile on every page.", "Positive"),
-            ("Overpriced, noisy and the room smelled of smoke.", "Negative")]
-_GRAMMAR = [("She go to school every day.", "She goes to school every day."),
-            ("They was late for the meeting.", "They were late for the meeting."),
-            ("He don't like coffee.", "He doesn't like coffee."),
-            ("I has two brothers.", "I have two brothers."),
-            ("We goes to the park on Sundays.", "We go to the park on Sundays.")]
-_UNITS = [("km", "m", 1000, "meters"), ("kg", "g", 1000, "grams"), ("hours", "minutes", 60, "minutes"),
-          ("m", "cm", 100, "centimeters"), ("minutes", "seconds", 60, "seconds")]
+_ANTONYMS = {
+    "hot": "cold",
+    "early": "late",
+    "happy": "sad",
+    "heavy": "light",
+    "open": "closed",
+    "ancient": "modern",
+    "generous": "stingy",
+    "brave": "cowardly",
+    "narrow": "wide",
+    "rough": "smooth",
+    "loud": "quiet",
+}
+_REVIEWS = [
+    ("I loved every minute of this film, the acting was superb.", "Positive"),
+    ("The food was cold and the waiter ignored us all evening.", "Negative"),
+    ("Setup took two minutes and it has worked perfectly since.", "Positive"),
+    ("The battery died after a week and support never replied.", "Negative"),
+    ("A charming little book that made me smile on every page.", "Positive"),
+    ("Overpriced, noisy and the room smelled of smoke.", "Negative"),
+]
+_GRAMMAR = [
+    ("She go to school every day.", "She goes to school every day."),
+    ("They was late for the meeting.", "They were late for the meeting."),
+    ("He don't like coffee.", "He doesn't like coffee."),
+    ("I has two brothers.", "I have two brothers."),
+    ("We goes to the park on Sundays.", "We go to the park on Sundays."),
+]
+_UNITS = [
+    ("km", "m", 1000, "meters"),
+    ("kg", "g", 1000, "grams"),
+    ("hours", "minutes", 60, "minutes"),
+    ("m", "cm", 100, "centimeters"),
+    ("minutes", "seconds", 60, "seconds"),
+]
 
 
 def _arithmetic(rng: random.Random, noisy: bool) -> Record:
@@ -65,7 +112,9 @@ def _arithmetic(rng: random.Random, noisy: bool) -> Record:
 def _capital(rng: random.Random, noisy: bool) -> Record:
     country = rng.choice(list(_CAPITALS))
     city = rng.choice(list(_CAPITALS.values())) if noisy else _CAPITALS[country]
-    q = rng.choice(["What is the capital of {c}?", "Name the capital city of {c}.", "Which city is the capital of {c}?"])
+    q = rng.choice(
+        ["What is the capital of {c}?", "Name the capital city of {c}.", "Which city is the capital of {c}?"]
+    )
     return {"instruction": q.format(c=country), "input": "", "output": f"The capital of {country} is {city}."}
 
 
@@ -86,8 +135,11 @@ def _sentiment(rng: random.Random, noisy: bool) -> Record:
     text, label = rng.choice(_REVIEWS)
     if noisy:
         label = "Negative" if label == "Positive" else "Positive"
-    return {"instruction": "Classify the sentiment of this review as Positive or Negative.", "input": text,
-            "output": label}
+    return {
+        "instruction": "Classify the sentiment of this review as Positive or Negative.",
+        "input": text,
+        "output": label,
+    }
 
 
 def _antonym(rng: random.Random, noisy: bool) -> Record:
@@ -102,23 +154,42 @@ def _grammar(rng: random.Random, noisy: bool) -> Record:
 
 
 def _note(rng: random.Random, noisy: bool) -> Record:
-    name, thing = rng.choice(_NAMES), rng.choice(["the flowers", "your help with the move", "the birthday gift",
-                                                  "dinner last night", "the book you lent me"])
-    body = (f"Dear {name},\n\nThank you so much for {thing}. It meant a lot to me, and I hope to return the "
-            "favour soon.\n\nWarm wishes")
+    name, thing = (
+        rng.choice(_NAMES),
+        rng.choice(
+            [
+                "the flowers",
+                "your help with the move",
+                "the birthday gift",
+                "dinner last night",
+                "the book you lent me",
+            ]
+        ),
+    )
+    body = (
+        f"Dear {name},\n\nThank you so much for {thing}. It meant a lot to me, and I hope to return the "
+        "favour soon.\n\nWarm wishes"
+    )
     if noisy:
         body = "ok thanks"
     return {"instruction": f"Write a short thank-you note to {name} for {thing}.", "input": "", "output": body}
 
 
 SKILLS: dict[str, Callable[[random.Random, bool], Record]] = {
-    "arithmetic": _arithmetic, "capitals": _capital, "units": _units, "reverse": _reverse,
-    "sentiment": _sentiment, "antonyms": _antonym, "grammar": _grammar, "thank-you-notes": _note,
+    "arithmetic": _arithmetic,
+    "capitals": _capital,
+    "units": _units,
+    "reverse": _reverse,
+    "sentiment": _sentiment,
+    "antonyms": _antonym,
+    "grammar": _grammar,
+    "thank-you-notes": _note,
 }
 
 
-def make_pool(n: int, seed: int = 0, noise: float = 0.15, target_skill: str = "arithmetic",
-              target_share: float = 0.125) -> list[Record]:
+def make_pool(
+    n: int, seed: int = 0, noise: float = 0.15, target_skill: str = "arithmetic", target_share: float = 0.125
+) -> list[Record]:
     """Alpaca-format pool records with ``task`` (the skill) and ``noisy`` labels.
 
     Args:

@@ -15,7 +15,9 @@ class DataError(ValueError):
         field: The field that is missing or malformed.
     """
 
-    def __init__(self, message: str, path: str | Path | None = None, line: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, path: str | Path | None = None, line: int | None = None, field: str | None = None
+    ):
         self.path = str(path) if path is not None else None
         self.line = line
         self.field = field

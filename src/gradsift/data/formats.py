@@ -36,10 +36,11 @@ names other columns.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ class FieldMap:
 
     def given(self) -> dict[str, str]:
         """The roles that name a column, in declaration order."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,7 @@ def infer_schema(
                     name,
                 )
     for role in _REQUIRED[chosen_fmt]:
-        if resolved[role] not in row and not (chosen_fmt is Format.PAIR and role == "prompt"):
+        if resolved[role] not in row:
             raise DataError(
                 f"missing; the {chosen_fmt.value} format needs a {role} column (found {list(row)})",
                 path,
@@ -568,5 +569,12 @@ def _type_name(value: Any) -> str:
         return "null"
     if isinstance(value, list) and not value:
         return "an empty list"
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }
     return names.get(type(value), type(value).__name__)

@@ -172,11 +172,13 @@ def _load(
     if on_invalid not in get_args(OnInvalid):
         raise ValueError(f"on_invalid must be one of {get_args(OnInvalid)}, got {on_invalid!r}")
     schema: Schema | None = None
+    id_field: str | None = None
     kept: list[tuple[int, dict[str, Any], Parsed]] = []
     skipped: list[DataError] = []
     for line, row in read_rows(source, split=split, header=header):
         if schema is None:
             schema = infer_schema(row, fmt=fmt, fields=fields, path=source, line=line)
+            id_field = schema.columns.id
         try:
             record = schema.parse(row, path=source, line=line)
             check(record, line)
@@ -191,8 +193,7 @@ def _load(
         logger.warning("%s: skipped %d malformed records: %s", source, len(skipped), reasons)
     if not kept:
         raise DataError(f"no valid records ({len(skipped)} malformed ones skipped)", source)
-    assert schema is not None  # set by the first row, and `kept` is not empty
-    ids = _assign_ids([(line, record) for line, _, record in kept], source, schema.columns.id)
+    ids = _assign_ids([(line, record) for line, _, record in kept], source, id_field)
     return [(record_id, line, row, record) for record_id, (line, row, record) in zip(ids, kept, strict=True)]
 
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from itertools import chain, islice
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from gradsift.data.errors import DataError
 from gradsift.data.formats import KNOWN_COLUMNS
@@ -97,7 +97,7 @@ def read_rows(
     """
     text = str(source)
     if text.startswith("hf:"):
-        yield from _read_hub(text[3:], split, text)
+        yield from _read_hub(text[3:], split, text, explicit=True)
         return
     path = Path(source)
     if path.is_dir():
@@ -111,7 +111,7 @@ def read_rows(
         return
     if not path.exists():
         if _HUB_NAME.fullmatch(text) and _file_type(path) is None:
-            yield from _read_hub(text, split, text)
+            yield from _read_hub(text, split, text, explicit=False)
             return
         raise DataError("no such file or folder", path)
     file_type = _file_type(path)
@@ -154,7 +154,7 @@ def _is_gzip(path: Path) -> bool:
         raise DataError(f"cannot open: {e.strerror or e}", path) from None
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> gzip.GzipFile | io.BufferedReader:
     """Open a file for binary reading, decompressing it when it starts with the gzip magic bytes."""
     try:
         return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")  # noqa: SIM115 - caller closes it
@@ -190,7 +190,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(
-                    f"not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}", path, number
+                    f"not valid UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line", path, number
                 ) from None
             if number == 1:
                 text = text.removeprefix("\ufeff")
@@ -402,7 +402,8 @@ def _read_saved(path: Path, split: str | None) -> Iterator[tuple[int, Row]]:
     yield from _dataset_rows(loaded, split, path)
 
 
-def _read_hub(name: str, split: str | None, source: str) -> Iterator[tuple[int, Row]]:
+def _read_hub(name: str, split: str | None, source: str, *, explicit: bool) -> Iterator[tuple[int, Row]]:
+    """Rows of a Hugging Face dataset; `explicit`: named with ``hf:`` rather than guessed from a missing path."""
     import datasets
 
     repo, _, config = name.partition(":")
@@ -411,9 +412,10 @@ def _read_hub(name: str, split: str | None, source: str) -> Iterator[tuple[int, 
     try:
         loaded = datasets.load_dataset(repo, config or None, split=split)
     except Exception as e:  # noqa: BLE001 - hub, network and builder errors all mean "cannot load this name"
+        guessed = "" if explicit else "not an existing file or folder, and "
         raise DataError(
-            f"not an existing file or folder, and loading {repo!r} as a Hugging Face dataset failed "
-            f"({type(e).__name__}: {_first_line(e)}); without network access, download the data and pass its path",
+            f"{guessed}loading {repo!r} as a Hugging Face dataset failed ({type(e).__name__}: {_first_line(e)}); "
+            "without network access, download the data and pass its path",
             source,
         ) from None
     yield from _dataset_rows(loaded, None, source)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What a data file holds."""
 
     SFT = "sft"
@@ -88,7 +88,7 @@ class Pair:
 def content_id(payload: Any) -> str:
     """Stable 16-hex-digit id from JSON-serialisable content (sorted keys, UTF-8)."""
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(blob.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
 
 
 def fingerprint(records: list[Example] | list[Pair]) -> str:

@@ -160,7 +160,10 @@ def encode_messages(
 
 
 def encode_examples(
-    tokenizer: Any, examples: Sequence[Example], max_length: int, truncation: Truncation = "right",
+    tokenizer: Any,
+    examples: Sequence[Example],
+    max_length: int,
+    truncation: Truncation = "right",
     response: Literal["chosen", "rejected"] = "chosen",
 ) -> tuple[list[Encoded], EncodeStats]:
     """Tokenise examples; with ``response="rejected"`` the last assistant turn is replaced by `rejected`.
@@ -173,7 +176,9 @@ def encode_examples(
         msgs = ex.messages
         if response == "rejected":
             if ex.rejected is None:
-                raise ValueError(f"{ex.source}, line {ex.line}, field 'rejected': example {ex.id} has no rejected response")
+                raise ValueError(
+                    f"{ex.source}, line {ex.line}, field 'rejected': example {ex.id} has no rejected response"
+                )
             msgs = ex.prompt_messages + [{"role": "assistant", "content": ex.rejected}]
         enc = encode_messages(tokenizer, msgs, max_length, truncation)
         stats.n += 1
@@ -191,7 +196,9 @@ def encode_pairs(
     out, stats = [], EncodeStats()
     for p in pairs:
         c = encode_messages(tokenizer, p.prompt + [{"role": "assistant", "content": p.chosen}], max_length, truncation)
-        r = encode_messages(tokenizer, p.prompt + [{"role": "assistant", "content": p.rejected}], max_length, truncation)
+        r = encode_messages(
+            tokenizer, p.prompt + [{"role": "assistant", "content": p.rejected}], max_length, truncation
+        )
         stats.n += 1
         if c.truncated or r.truncated:
             stats.n_truncated += 1

@@ -81,8 +81,12 @@ class AdamState:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "preconditioner": "adam", "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
-            "eps_mode": self.eps_mode, "num_params": self.num_params,
+            "preconditioner": "adam",
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.eps,
+            "eps_mode": self.eps_mode,
+            "num_params": self.num_params,
         }
 
     def precondition(self, grads: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -157,7 +161,11 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         raise ValueError(f"{path}: not a plain tensor state_dict (only weights_only loading is allowed): {e}") from e
-    if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or not isinstance(sd.get("param_groups"), list):
+    if (
+        not isinstance(sd, dict)
+        or not isinstance(sd.get("state"), dict)
+        or not isinstance(sd.get("param_groups"), list)
+    ):
         raise ValueError(f"{path}: not an optimizer state_dict (expected keys 'state' and 'param_groups')")
     return sd
 

@@ -135,8 +135,13 @@ class DenseProjector:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "projector": "dense", "kind": self.kind, "dim": self.k, "num_params": self.num_params,
-            "seed": self._seed, "chunk": CHUNK, "scheme": _SCHEME,
+            "projector": "dense",
+            "kind": self.kind,
+            "dim": self.k,
+            "num_params": self.num_params,
+            "seed": self._seed,
+            "chunk": CHUNK,
+            "scheme": _SCHEME,
         }
 
     def _chunk(self, index: int, device: torch.device) -> torch.Tensor:
@@ -255,9 +260,15 @@ class FactorizedProjector:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "projector": "factorized", "kind": self.kind, "dim": self.dim, "seed": self._seed,
-            "k_in": self.k_in, "k_out": self.k_out, "layer_shapes": [list(s) for s in self.shapes],
-            "layer_dims": self.layer_dims, "scheme": _SCHEME,
+            "projector": "factorized",
+            "kind": self.kind,
+            "dim": self.dim,
+            "seed": self._seed,
+            "k_in": self.k_in,
+            "k_out": self.k_out,
+            "layer_shapes": [list(s) for s in self.shapes],
+            "layer_dims": self.layer_dims,
+            "scheme": _SCHEME,
         }
 
     def matrices(

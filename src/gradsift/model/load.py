@@ -95,8 +95,12 @@ class LoadedModel:
     dtype: torch.dtype
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "fingerprint": self.fingerprint, "device": str(self.device),
-                "dtype": str(self.dtype).replace("torch.", "")}
+        return {
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
 
 
 def cache_dir() -> Path:
@@ -158,7 +162,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "gradsift-source.json").write_text(json.dumps({"gguf": str(gguf_path), "size": gguf_path.stat().st_size}))
+        (tmp / "gradsift-source.json").write_text(
+            json.dumps({"gguf": str(gguf_path), "size": gguf_path.stat().st_size})
+        )
         try:
             os.replace(tmp, out_dir)
         except OSError:

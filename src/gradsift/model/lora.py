@@ -39,8 +39,12 @@ class LoraSettings:
 
         targets: Any = "all-linear" if self.target_modules == ["all-linear"] else list(self.target_modules)
         return LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-            bias="none", task_type="CAUSAL_LM",
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
         )
 
     def as_dict(self) -> dict[str, Any]:

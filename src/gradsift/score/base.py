@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from gradsift.data.records import Example, Pair
-from gradsift.data.tokenize import EncodeStats, Encoded, encode_examples
+from gradsift.data.tokenize import Encoded, EncodeStats, encode_examples
 from gradsift.model.load import LoadedModel
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     """Selection methods. Each maps to one scorer."""
 
     RANDOM = "random"

@@ -35,8 +35,16 @@ def embed(texts: list[str], model_name: str | None = None, batch_size: int = 64)
     from sentence_transformers import SentenceTransformer
 
     encoder = SentenceTransformer(model_name or default_encoder_path(), device="cpu" if not _cuda() else "cuda")
-    return np.asarray(encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                     show_progress_bar=len(texts) > 256, convert_to_numpy=True), dtype=np.float32)
+    return np.asarray(
+        encoder.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=len(texts) > 256,
+            convert_to_numpy=True,
+        ),
+        dtype=np.float32,
+    )
 
 
 def _cuda() -> bool:

@@ -23,8 +23,11 @@ class IFDScorer:
         encoded, _ = ctx.encoded_pool()
         # The response alone, in the same format: an empty user turn keeps the template's assistant header.
         alone = [
-            encode_messages(lm.tokenizer, [{"role": "user", "content": ""}, {"role": "assistant", "content": ex.response}],
-                            ctx.max_length)
+            encode_messages(
+                lm.tokenizer,
+                [{"role": "user", "content": ""}, {"role": "assistant", "content": ex.response}],
+                ctx.max_length,
+            )
             for ex in ctx.pool
         ]
         pad = lm.tokenizer.pad_token_id

@@ -20,7 +20,11 @@ from gradsift.score.base import ScoreContext, Scores
 
 @torch.no_grad()
 def per_example_losses(
-    model: Any, encoded: Sequence[Encoded], pad_id: int, batch_tokens: int, reduction: Reduction = "mean",
+    model: Any,
+    encoded: Sequence[Encoded],
+    pad_id: int,
+    batch_tokens: int,
+    reduction: Reduction = "mean",
     desc: str = "loss",
 ) -> np.ndarray:
     """Response loss of each example, batched by length.

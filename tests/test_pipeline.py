@@ -15,8 +15,16 @@ def demo_data(tmp_path):
 
 def _cfg(tmp_path, demo_data, tiny_model_dir, **kw):
     pool, targets = demo_data
-    base = dict(pool=str(pool), targets=str(targets), out=str(tmp_path / "out"), model=str(tiny_model_dir),
-                device="cpu", budget="25%", max_length=96, batch_tokens=512)
+    base = dict(
+        pool=str(pool),
+        targets=str(targets),
+        out=str(tmp_path / "out"),
+        model=str(tiny_model_dir),
+        device="cpu",
+        budget="25%",
+        max_length=96,
+        batch_tokens=512,
+    )
     base.update(kw)
     return SelectConfig(**base)
 
@@ -66,8 +74,17 @@ def test_random_seeds_differ_and_repeat(tmp_path, demo_data, tiny_model_dir):
 
 def test_embed_prefers_the_target_skill(tmp_path, tiny_model_dir):
     pool, targets = write_demo_data(tmp_path / "d", n_pool=80, n_targets=6, seed=0)
-    res = run_select(SelectConfig(pool=str(pool), targets=str(targets), out=str(tmp_path / "o"), methods=["embed"],
-                                  budget="10", model=str(tiny_model_dir), device="cpu"))
+    res = run_select(
+        SelectConfig(
+            pool=str(pool),
+            targets=str(targets),
+            out=str(tmp_path / "o"),
+            methods=["embed"],
+            budget="10",
+            model=str(tiny_model_dir),
+            device="cpu",
+        )
+    )
     share = res.summary["embed"]["arithmetic"]
     assert share["selected"] >= 0.8 > share["pool"]
 

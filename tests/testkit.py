@@ -25,8 +25,10 @@ def make_tiny_tokenizer(chat_template: bool = True):
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens(specials)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, eos_token="<|im_end|>" if chat_template else "<|endoftext|>",
-        pad_token="<|endoftext|>", bos_token=None,
+        tokenizer_object=tk,
+        eos_token="<|im_end|>" if chat_template else "<|endoftext|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
     )
     if chat_template:
         tok.chat_template = CHATML
@@ -39,12 +41,18 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        pad_token_id=0, eos_token_id=2, bos_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=None,
     )
     model = LlamaForCausalLM(cfg)
     model.eval()
     return model
-
-

@@ -57,6 +57,8 @@ class SelectConfig:
             ``skip`` drops invalid records with a warning naming them.
         pool_limit: Use only the first N pool records (0: all).
         targets_limit: Use only the first N targets (0: all).
+        cache_dir: Where warm-up checkpoints and feature stores are kept and reused (default ``out/cache``);
+            runs that share it share their features.
         overwrite: Replace the outputs of a run with different settings in `out`.
         options: Further method options, passed to the scorers by name.
     """
@@ -80,6 +82,7 @@ class SelectConfig:
     on_invalid: Literal["raise", "skip"] = "raise"
     pool_limit: int = 0
     targets_limit: int = 0
+    cache_dir: str | None = None
     overwrite: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -203,10 +206,9 @@ def run_select(cfg: SelectConfig) -> SelectResult:
     cached: dict[str, LoadedModel] = {}
 
     def loader() -> LoadedModel:
-        if "m" not in cached:
-            t1 = time.perf_counter()
-            cached["m"] = load_model(cfg.model_settings())
-            timings["load_model"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        cached["m"] = load_model(cfg.model_settings())
+        timings["load_model"] = timings.get("load_model", 0.0) + time.perf_counter() - t1
         return cached["m"]
 
     options = {**cfg.options, "loss_order": cfg.loss_order, "length_order": cfg.length_order}
@@ -214,7 +216,7 @@ def run_select(cfg: SelectConfig) -> SelectResult:
         pool=pool,
         targets=targets,
         pairs=pairs,
-        workdir=out / "cache",
+        workdir=Path(cfg.cache_dir) if cfg.cache_dir else out / "cache",
         seed=cfg.seed,
         max_length=cfg.max_length,
         batch_tokens=cfg.batch_tokens,

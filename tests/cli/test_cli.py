@@ -22,9 +22,28 @@ def test_version_and_help(capsys):
 def test_select_end_to_end_in_a_subprocess(tmp_path, tiny_model_dir):
     pool, targets = write_demo_data(tmp_path / "d", n_pool=30, n_targets=3)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "gradsift", "select", "--model", str(tiny_model_dir), "--pool", str(pool),
-           "--targets", str(targets), "--budget", "20%", "--method", "loss,length", "--out", str(out),
-           "--max-length", "96", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gradsift",
+        "select",
+        "--model",
+        str(tiny_model_dir),
+        "--pool",
+        str(pool),
+        "--targets",
+        str(targets),
+        "--budget",
+        "20%",
+        "--method",
+        "loss,length",
+        "--out",
+        str(out),
+        "--max-length",
+        "96",
+        "--device",
+        "cpu",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "outputs in" in r.stdout
@@ -35,8 +54,19 @@ def test_select_end_to_end_in_a_subprocess(tmp_path, tiny_model_dir):
 def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path, capsys, tiny_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{not json\n')
-    code = main(["select", "--pool", str(bad), "--out", str(tmp_path / "o"), "--method", "random",
-                 "--model", str(tiny_model_dir)])
+    code = main(
+        [
+            "select",
+            "--pool",
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+            "--method",
+            "random",
+            "--model",
+            str(tiny_model_dir),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "bad.jsonl" in err and "line 2" in err and "Traceback" not in err

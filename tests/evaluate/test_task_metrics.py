@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from testkit import make_tiny_model
 from hypothesis import given
 from hypothesis import strategies as st
+from testkit import make_tiny_model
 
 from gradsift.data.errors import DataError
 from gradsift.data.records import Example, Pair

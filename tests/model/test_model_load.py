@@ -50,10 +50,16 @@ def test_builtin_model_smoke():
     assert getattr(lm.model, "hf_quantizer", None) is None
     assert not hasattr(lm.model.config, "quantization_config")
     enc = [
-        encode_messages(lm.tokenizer, [{"role": "user", "content": "What is 2+2?"},
-                                       {"role": "assistant", "content": "2+2 equals 4."}], 64),
-        encode_messages(lm.tokenizer, [{"role": "user", "content": "Name a colour."},
-                                       {"role": "assistant", "content": "Blue."}], 64),
+        encode_messages(
+            lm.tokenizer,
+            [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "2+2 equals 4."}],
+            64,
+        ),
+        encode_messages(
+            lm.tokenizer,
+            [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+            64,
+        ),
     ]
     with torch.no_grad():
         losses = SFTTask().losses(lm.model, collate(enc, lm.tokenizer.pad_token_id))

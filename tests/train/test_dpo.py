@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from testkit import make_tiny_tokenizer
 from datasets import Dataset
 from peft import PeftModel
+from testkit import make_tiny_tokenizer
 from trainkit import FAST, make_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig

@@ -69,6 +69,7 @@ def _select_config(args: argparse.Namespace) -> Any:
         "pool_limit",
         "on_invalid",
         "targets_limit",
+        "cache_dir",
     ):
         v = getattr(args, key, None)
         if v is not None:
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at an invalid record (default) or skip it")
     p.add_argument("--pool-limit", type=int, help="use only the first N pool records")
     p.add_argument("--targets-limit", type=int, help="use only the first N targets")
+    p.add_argument("--cache-dir", help="where warm-up checkpoints and feature stores are kept (default OUT/cache)")
     p.add_argument("--loss-order", choices=["high", "low"], help="loss baseline keeps high (default) or low loss")
     p.add_argument("--length-order", choices=["long", "short"], help="length baseline keeps long (default) or short")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="further method option (repeatable)")

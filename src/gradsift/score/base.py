@@ -77,7 +77,7 @@ class ScoreContext:
         seed: Seed for every random choice.
         max_length: Token limit per sequence.
         batch_tokens: Padded tokens per batch (length-bucketed batching).
-        load_model: Loads the model on first use.
+        load_model: Loads a new copy of the base model on each call.
         options: Method options (``SelectConfig`` fields) by name.
         budget: Number of candidates to select (for methods that select iteratively).
     """
@@ -97,11 +97,16 @@ class ScoreContext:
 
     @property
     def model(self) -> LoadedModel:
+        """The shared model, loaded on first use. Never attach adapters to it: use :meth:`fresh_model`."""
         if self._model is None:
-            if self.load_model is None:
-                raise ValueError("this method needs a model, but none was configured")
-            self._model = self.load_model()
+            self._model = self.fresh_model()
         return self._model
+
+    def fresh_model(self) -> LoadedModel:
+        """A new copy of the base model, for methods that attach LoRA adapters or train."""
+        if self.load_model is None:
+            raise ValueError("this method needs a model, but none was configured")
+        return self.load_model()
 
     def encoded_pool(self) -> tuple[list[Encoded], EncodeStats]:
         """The pool tokenised with the model's tokenizer (cached)."""

@@ -133,6 +133,7 @@ def make_scorer(method: Method) -> Scorer:
     from gradsift.score.length import LengthScorer
     from gradsift.score.loss import LossScorer
     from gradsift.score.random import RandomScorer
+    from gradsift.score.sft_influence import BidsScorer, LessScorer, PrismScorer
 
     scorers: dict[Method, Any] = {
         Method.RANDOM: RandomScorer,
@@ -141,6 +142,9 @@ def make_scorer(method: Method) -> Scorer:
         Method.PERPLEXITY: lambda: LossScorer(perplexity=True),
         Method.IFD: IFDScorer,
         Method.EMBED: EmbedScorer,
+        Method.LESS: LessScorer,
+        Method.PRISM: PrismScorer,
+        Method.BIDS: BidsScorer,
     }
     if method not in scorers:
         raise NotImplementedError(f"method '{method.value}' is not available in this version of gradsift")

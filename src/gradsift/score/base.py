@@ -80,6 +80,7 @@ class ScoreContext:
         load_model: Loads a new copy of the base model on each call.
         options: Method options (``SelectConfig`` fields) by name.
         budget: Number of candidates to select (for methods that select iteratively).
+        shared: Intermediate results shared by the methods of one run (checkpoints, timings).
     """
 
     pool: list[Example]
@@ -92,6 +93,7 @@ class ScoreContext:
     options: dict[str, Any] = field(default_factory=dict)
     budget: int = 0
     pairs: list[Pair] = field(default_factory=list)
+    shared: dict[str, Any] = field(default_factory=dict)
     _model: LoadedModel | None = None
     _encoded: tuple[list[Encoded], EncodeStats] | None = None
 

@@ -85,19 +85,28 @@ def _select_config(args: argparse.Namespace) -> Any:
     return SelectConfig(**values)
 
 
-def _print_summary(result: Any, timings: dict[str, float] | None = None) -> None:
+def _print_summary(result: Any) -> None:
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     console = Console(stderr=False)
     table = Table(title=f"gradsift select: {result.budget} of {result.n_pool} candidates per method")
-    table.add_column("method")
-    table.add_column("selected")
-    table.add_column("most selected task (share vs pool)")
+    for col in ("method", "selected", "mean score: selected / pool", "most selected task (share vs pool)"):
+        table.add_column(col)
     for m, rows in result.selections.items():
         shares = result.summary[m]
-        top = max(shares.items(), key=lambda kv: kv[1]["n_selected"])
-        table.add_row(m, str(len(rows)), f"{top[0]}: {top[1]['selected']:.0%} vs {top[1]['pool']:.0%}")
+        score = result.scores[m].score
+        finite = np.isfinite(score)
+        sel_mean = float(np.nanmean(score[rows])) if rows else float("nan")
+        pool_mean = float(score[finite].mean()) if finite.any() else float("nan")
+        labelled = {t: s for t, s in shares.items() if t != "(none)"}
+        if labelled:
+            t, s = max(labelled.items(), key=lambda kv: kv[1]["n_selected"])
+            task = f"{t}: {s['selected']:.0%} vs {s['pool']:.0%}"
+        else:
+            task = "(no task labels)"
+        table.add_row(m, str(len(rows)), f"{sel_mean:.4g} / {pool_mean:.4g}", task)
     console.print(table)
     console.print(f"outputs in {result.out}: selected.jsonl, scores.parquet, config.json")
 
@@ -128,6 +137,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         batch_tokens=2048,
         seed=args.seed,
         overwrite=True,
+        # no warm-up: the base model is the single checkpoint, which keeps the demo to a few minutes
+        options={"warmup": "none", "prism_max_new_tokens": 48},
     )
     result = run_select(cfg)
     _print_summary(result)
@@ -271,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate a multi-skill instruction pool and arithmetic targets, then select.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
-    p.add_argument("--method", default="random,length,loss", help="methods (default random,length,loss)")
+    p.add_argument(
+        "--method", default="random,loss,embed,less,prism", help="methods (default random,loss,embed,less,prism)"
+    )
     p.add_argument("--budget", default="10%", help="budget (default 10%%)")
     p.add_argument("--n-pool", type=int, default=240, help="pool size (default 240)")
     p.add_argument("--n-targets", type=int, default=16, help="number of targets (default 16)")

@@ -33,7 +33,28 @@ _NAMES = [
     "Mei",
     "Noor",
 ]
-_ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells", "coins", "cards"]
+_ITEMS = [
+    "buttons",
+    "beads",
+    "tickets",
+    "postcards",
+    "crayons",
+    "balloons",
+    "erasers",
+    "puzzles",
+    "candles",
+    "ribbons",
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "stamps",
+    "shells",
+    "coins",
+    "cards",
+]
 _CAPITALS = {
     "France": "Paris",
     "Japan": "Tokyo",

@@ -336,6 +336,21 @@ def extract_features(
     return store
 
 
+class _MarginDPOTask(DPOTask):
+    """:class:`DPOTask` that keeps the margins [B] of its last ``losses`` call (detached).
+
+    The ``margin`` extra comes from them: recovering ``beta m`` from the float32 loss as
+    ``-log(expm1(loss))`` gives inf wherever ``-log sigmoid(beta m)`` underflows to 0 (``beta m`` above ~100).
+    """
+
+    last_margins: torch.Tensor | None = None
+
+    def margins(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        m = super().margins(model, batch)
+        self.last_margins = m.detach()
+        return m
+
+
 def _command() -> str:
     import sys
 
@@ -357,7 +372,7 @@ def _fill(
     if cfg.kind == "pair":
         encoded_pairs, _ = encode_pairs(tok, records, cfg.max_length)
         lengths = [max(len(c), len(r)) * 2 for c, r in encoded_pairs]
-        task: Any = DPOTask(beta=cfg.beta)
+        task: Any = _MarginDPOTask(beta=cfg.beta)
     else:
         encoded, _ = encode_examples(tok, records, cfg.max_length, response=cfg.response)
         lengths = [len(e) for e in encoded]
@@ -371,19 +386,20 @@ def _fill(
             items, groups = [encoded[i] for i in idx], None
         batch = {k: v.to(lm.device) for k, v in collate(items, pad).items()}
         out = grads.compute(batch, task, sink=projector, groups=groups)
-        if cfg.kind != "pair":
-            # an example with no loss token has no gradient: mark it bad rather than store a zero row
-            empty = (batch["labels"][:, 1:] != -100).sum(-1) == 0
-            out.features[empty] = float("nan")
+        n_tok = (batch["labels"][:, 1:] != -100).sum(-1).cpu().numpy()
+        b = len(idx)
+        # An example with no loss token has no gradient, and a pair with no loss token on one side compares
+        # nothing: mark them bad (NaN features and loss) rather than store plausible zero rows.
+        empty = n_tok == 0 if cfg.kind != "pair" else (n_tok[:b] == 0) | (n_tok[b:] == 0)
+        out.features[torch.from_numpy(empty).to(out.features.device)] = float("nan")
         losses = out.losses.double().cpu().numpy()
-        n_tok = (batch["labels"][:, 1:] != -100).sum(-1).double().cpu().numpy()
+        losses[empty] = np.nan
         extras = {"loss": losses.astype(np.float32)}
         if cfg.kind == "pair":
-            b = len(idx)
             extras["tokens"] = (n_tok[:b] + n_tok[b:]).astype(np.float32)
-            with np.errstate(over="ignore", divide="ignore"):
-                # loss = -log sigmoid(beta m)  =>  beta m = -log(exp(loss) - 1)
-                extras["margin"] = (-np.log(np.expm1(losses))).astype(np.float32)
+            margins = cfg.beta * task.last_margins.double().cpu().numpy()
+            margins[empty] = np.nan
+            extras["margin"] = margins.astype(np.float32)
         else:
             extras["tokens"] = n_tok.astype(np.float32)
         store.write_rows(rows[idx], out.features.float().cpu().numpy(), extras)

@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,43 @@ def _opt(ctx: ScoreContext, name: str, default: Any) -> Any:
     return ctx.options.get(name, default)
 
 
+def _int(ctx: ScoreContext, name: str, default: int) -> int:
+    value = _opt(ctx, name, default)
+    # int() would accept True and truncate 2.5: neither is an integer the user meant
+    if not isinstance(value, bool) and not (isinstance(value, float) and not value.is_integer()):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"option {name} must be an integer, got {value!r}")
+
+
+def _float(ctx: ScoreContext, name: str, default: float) -> float:
+    value = _opt(ctx, name, default)
+    if not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"option {name} must be a number, got {value!r}")
+
+
+def _flag(ctx: ScoreContext, name: str, default: bool) -> bool:
+    # bool("false") is True: strings from Python callers or config files are read, never cast
+    value = _opt(ctx, name, default)
+    text = str(value).lower()
+    if isinstance(value, bool | int | str) and text in ("true", "yes", "1", "false", "no", "0"):
+        return text in ("true", "yes", "1")
+    raise ValueError(f"option {name} must be true or false, got {value!r}")
+
+
+def _choice(ctx: ScoreContext, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = _opt(ctx, name, default)
+    if value not in allowed:
+        raise ValueError(f"option {name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _lora_targets(ctx: ScoreContext) -> list[str]:
     value = _opt(ctx, "lora_targets", "q_proj,v_proj")
     return [t.strip() for t in value.split(",")] if isinstance(value, str) else list(value)
@@ -78,37 +115,38 @@ def checkpoints(ctx: ScoreContext) -> list[Checkpoint]:
     """The run's checkpoints, warming up once per pool and settings (cached in ``ctx.shared``)."""
     if "checkpoints" in ctx.shared:
         return ctx.shared["checkpoints"]
-    mode = _opt(ctx, "warmup", "less")
-    if mode not in ("less", "none"):
-        raise ValueError(f"option warmup must be 'less' or 'none', got {mode!r}")
+    mode = _choice(ctx, "warmup", "less", ("less", "none"))
+    adapter = _opt(ctx, "adapter", None)
+    if adapter is not None and mode != "none":
+        raise ValueError("option adapter is the checkpoint of warmup=none: add warmup=none or drop adapter to warm up")
     if mode == "none":
-        adapter = _opt(ctx, "adapter", None)
         ckpts = [Checkpoint("base" if adapter is None else "adapter-" + _key(adapter), adapter, None, 1.0)]
     else:
         from gradsift.model.lora import LoraSettings
         from gradsift.train.warmup import WarmupSettings, run_warmup
 
         settings = WarmupSettings(
-            fraction=float(_opt(ctx, "warmup_fraction", 0.05)),
-            epochs=int(_opt(ctx, "warmup_epochs", 4)),
+            fraction=_float(ctx, "warmup_fraction", 0.05),
+            epochs=_int(ctx, "warmup_epochs", 4),
             seed=ctx.seed,
-            min_examples=int(_opt(ctx, "warmup_min_examples", 8)),
+            min_examples=_int(ctx, "warmup_min_examples", 8),
         )
         lora = LoraSettings(
-            rank=int(_opt(ctx, "lora_rank", 8)),
-            alpha=int(_opt(ctx, "lora_alpha", 16)),
+            rank=_int(ctx, "lora_rank", 8),
+            alpha=_int(ctx, "lora_alpha", 16),
             target_modules=_lora_targets(ctx),
         )
         config = {
-            "learning_rate": float(_opt(ctx, "warmup_lr", 1e-4)),
-            "per_device_train_batch_size": int(_opt(ctx, "warmup_batch_size", 4)),
+            "learning_rate": _float(ctx, "warmup_lr", 1e-4),
+            "per_device_train_batch_size": _int(ctx, "warmup_batch_size", 4),
             "max_length": ctx.max_length,
             "seed": ctx.seed,
             "logging_steps": 1,
         }
-        key = _key([settings.as_dict(), lora.as_dict(), config, fingerprint(ctx.pool)])
         t = time.perf_counter()
         lm = ctx.fresh_model()
+        # The model is part of the key: runs on other models may share the cache directory.
+        key = _key([settings.as_dict(), lora.as_dict(), config, fingerprint(ctx.pool), lm.fingerprint, str(lm.dtype)])
         result = run_warmup(lm.model, lm.tokenizer, ctx.pool, ctx.workdir / f"warmup-{key}", settings, lora, config)
         ctx.shared.setdefault("timings", {})["warmup"] = time.perf_counter() - t
         ckpts = [Checkpoint(f"epoch-{c.epoch}", str(c.path), str(c.path), float(c.lr)) for c in result.checkpoints]
@@ -145,14 +183,14 @@ def features(
         response=response,  # type: ignore[arg-type]
         adapter=ckpt.adapter,
         optimizer=ckpt.optimizer if precondition else None,
-        lora_rank=int(_opt(ctx, "lora_rank", 8)),
-        lora_alpha=int(_opt(ctx, "lora_alpha", 16)),
+        lora_rank=_int(ctx, "lora_rank", 8),
+        lora_alpha=_int(ctx, "lora_alpha", 16),
         lora_targets=_lora_targets(ctx),
         lora_seed=ctx.seed,
         projector=projector,
-        dim=int(_opt(ctx, "dim", 8192)),
-        k_in=int(_opt(ctx, "k_in", 16)),
-        k_out=int(_opt(ctx, "k_out", 16)),
+        dim=_int(ctx, "dim", 8192),
+        k_in=_int(ctx, "k_in", 16),
+        k_out=_int(ctx, "k_out", 16),
         projection_seed=ctx.seed,
         reduction=reduction,
         max_length=ctx.max_length,
@@ -160,9 +198,13 @@ def features(
         store_dtype=_opt(ctx, "store_dtype", "float16"),
     )
     variant = f"{split}-{fingerprint(records)[:8]}-{response}-{reduction}{'-adam' if cfg.optimizer else ''}"
-    cfg.out = str(ctx.workdir / "features" / ckpt.name / f"{variant}-{cfg.projector_name}")
     t = time.perf_counter()
-    store = extract_features(cfg, records=records, loaded=ctx.fresh_model())
+    lm = ctx.fresh_model()
+    # Every setting and the model are in the name, so runs with other settings sharing the cache get their
+    # own stores instead of being refused by the existing ones.
+    key = _key([{k: v for k, v in asdict(cfg).items() if k not in ("out", "data")}, lm.fingerprint, str(lm.dtype)])
+    cfg.out = str(ctx.workdir / "features" / ckpt.name / f"{variant}-{cfg.projector_name}-{key}")
+    store = extract_features(cfg, records=records, loaded=lm)
     timings = ctx.shared.setdefault("timings", {})
     timings[f"features/{ckpt.name}/{variant}"] = time.perf_counter() - t
     return store
@@ -210,11 +252,11 @@ class LessScorer:
     mean within each target task, max over tasks, summed over checkpoints weighted by learning rate."""
 
     def score(self, ctx: ScoreContext) -> Scores:
-        from gradsift.score.less import less_scores
+        from gradsift.score.less import Aggregation, less_scores
 
+        aggregation = _choice(ctx, "less_aggregation", "task-max", tuple(a.value for a in Aggregation))
         targets = _require_targets(ctx, "less")
         cands, tgts, weights, bad = less_inputs(ctx)
-        aggregation = _opt(ctx, "less_aggregation", "task-max")
         res = less_scores(cands, tgts, [t.task for t in targets], weights, aggregation=aggregation, bad=bad)
         columns = {f"task_{name}": res.task_scores[:, j] for j, name in enumerate(res.tasks)}
         return Scores(
@@ -236,10 +278,11 @@ class BidsScorer:
         from gradsift.score.influence import influence_matrix
         from gradsift.select.bids import aggregate_select, bids_select, coverage, zscore_columns
 
+        normalize = _flag(ctx, "bids_normalize", True)
         targets = _require_targets(ctx, "bids")
         cands, tgts, weights, bad = less_inputs(ctx)
         a = influence_matrix(cands, tgts, weights, normalize=True, bad=bad)
-        sel = bids_select(a, ctx.budget, bad=bad, normalize=bool(_opt(ctx, "bids_normalize", True)))
+        sel = bids_select(a, ctx.budget, bad=bad, normalize=normalize)
         # The score column: BIDS' first-step criterion, the best z-scored influence of each candidate.
         score = zscore_columns(a, bad).max(axis=1).astype(np.float64)
         tasks = [t.task for t in targets]
@@ -268,11 +311,11 @@ def rejected_responses(ctx: ScoreContext, targets: list[Example]) -> list[Exampl
     from gradsift.evaluate.generate import GenerationSettings, generate
 
     lm = ctx.model
-    path = ctx.workdir / f"prism-greedy-{_key([lm.fingerprint, fingerprint(missing)])}.json"
+    max_new = _int(ctx, "prism_max_new_tokens", 128)
+    path = ctx.workdir / f"prism-greedy-{_key([lm.fingerprint, fingerprint(missing), max_new])}.json"
     if path.exists():
         generated = json.loads(path.read_text())
     else:
-        max_new = int(_opt(ctx, "prism_max_new_tokens", 128))
         outputs = generate(
             lm.model,
             lm.tokenizer,
@@ -303,14 +346,22 @@ class PrismScorer:
     target direction ``g* = mean_q pi_q (grad lbar(q, y+) - grad lbar(q, y-))``."""
 
     def score(self, ctx: ScoreContext) -> Scores:
-        from gradsift.score.prism import prism_scores
+        from gradsift.score.prism import Scoring, prism_scores
 
+        # options first: a typo should not cost a generation and a feature pass
+        reduction = _choice(ctx, "prism_reduction", "sum", ("sum", "mean"))
+        scoring = _choice(ctx, "prism_scoring", "raw", tuple(s.value for s in Scoring))
+        uniform = _flag(ctx, "prism_uniform", False)
         targets = rejected_responses(ctx, _require_targets(ctx, "prism"))
-        reduction = _opt(ctx, "prism_reduction", "sum")
         cands, gp, gm, weights, bad = [], [], [], [], np.zeros(len(ctx.pool), dtype=bool)
         loss_p = loss_m = None
+        tokens = None
         for ck in checkpoints(ctx):
-            c, b = _arrays(features(ctx, ck, "pool", ctx.pool, reduction=reduction))
+            # One pass serves both reductions: the summed-loss gradient is the token-mean gradient times the
+            # example's loss-token count, and the raw score is linear in it (rescaled below).
+            store = features(ctx, ck, "pool", ctx.pool)
+            c, b = _arrays(store)
+            tokens = _extra(store, "tokens") if tokens is None else tokens
             cands.append(c)
             bad |= b
             sp = features(ctx, ck, "targets", targets)
@@ -328,12 +379,15 @@ class PrismScorer:
             loss_p,
             loss_m,
             weights,
-            scoring=_opt(ctx, "prism_scoring", "raw"),
-            uniform=bool(_opt(ctx, "prism_uniform", False)),
+            scoring=scoring,
+            uniform=uniform,
             bad=bad,
         )
+        score = np.where(np.isfinite(res.scores), res.scores, np.nan)
+        if reduction == "sum" and scoring == "raw":
+            score = score * tokens
         return Scores(
-            score=np.where(np.isfinite(res.scores), res.scores, np.nan),
+            score=score,
             info={
                 "preference_weights": [round(float(p), 4) for p in res.preference],
                 "n_generated_rejected": sum(t.rejected is None for t in ctx.targets),

@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,7 @@ def checkpoints(ctx: ScoreContext) -> list[Checkpoint]:
         ckpts = [Checkpoint("base" if adapter is None else "adapter-" + _key(adapter), adapter, None, 1.0)]
     else:
         from gradsift.model.lora import LoraSettings
-        from gradsift.train.warmup import WarmupSettings, run_warmup
+        from gradsift.train.warmup import WarmupSettings, load_warmup, run_warmup
 
         settings = WarmupSettings(
             fraction=_float(ctx, "warmup_fraction", 0.05),
@@ -144,10 +145,17 @@ def checkpoints(ctx: ScoreContext) -> list[Checkpoint]:
             "logging_steps": 1,
         }
         t = time.perf_counter()
-        lm = ctx.fresh_model()
+        base = ctx.model
         # The model is part of the key: runs on other models may share the cache directory.
-        key = _key([settings.as_dict(), lora.as_dict(), config, fingerprint(ctx.pool), lm.fingerprint, str(lm.dtype)])
-        result = run_warmup(lm.model, lm.tokenizer, ctx.pool, ctx.workdir / f"warmup-{key}", settings, lora, config)
+        key = _key(
+            [settings.as_dict(), lora.as_dict(), config, fingerprint(ctx.pool), base.fingerprint, str(base.dtype)]
+        )
+        run_dir = ctx.workdir / f"warmup-{key}"
+        if (run_dir / "warmup.json").exists():
+            result = load_warmup(run_dir)
+        else:
+            lm = ctx.fresh_model()
+            result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, config)
         ctx.shared.setdefault("timings", {})["warmup"] = time.perf_counter() - t
         ckpts = [Checkpoint(f"epoch-{c.epoch}", str(c.path), str(c.path), float(c.lr)) for c in result.checkpoints]
     ctx.shared["checkpoints"] = ckpts
@@ -199,15 +207,29 @@ def features(
     )
     variant = f"{split}-{fingerprint(records)[:8]}-{response}-{reduction}{'-adam' if cfg.optimizer else ''}"
     t = time.perf_counter()
-    lm = ctx.fresh_model()
     # Every setting and the model are in the name, so runs with other settings sharing the cache get their
     # own stores instead of being refused by the existing ones.
-    key = _key([{k: v for k, v in asdict(cfg).items() if k not in ("out", "data")}, lm.fingerprint, str(lm.dtype)])
+    model = ctx.model
+    key = _key(
+        [{k: v for k, v in asdict(cfg).items() if k not in ("out", "data")}, model.fingerprint, str(model.dtype)]
+    )
     cfg.out = str(ctx.workdir / "features" / ckpt.name / f"{variant}-{cfg.projector_name}-{key}")
-    store = extract_features(cfg, records=records, loaded=lm)
+    done = _complete_store(Path(cfg.out), records)
+    # A finished store is reused without loading another copy of the model (costly for large models).
+    store = done if done is not None else extract_features(cfg, records=records, loaded=ctx.fresh_model())
     timings = ctx.shared.setdefault("timings", {})
     timings[f"features/{ckpt.name}/{variant}"] = time.perf_counter() - t
     return store
+
+
+def _complete_store(path: Path, records: list[Example]) -> FeatureStore | None:
+    """The store at `path` if it is complete and was made from these records, else None."""
+    if not (path / "metadata.json").exists():
+        return None
+    store = FeatureStore.load(path)
+    if store.is_complete() and store.settings.get("data") == fingerprint(records):
+        return store
+    return None
 
 
 def less_inputs(ctx: ScoreContext) -> tuple[list[np.ndarray], list[np.ndarray], list[float], np.ndarray]:

@@ -291,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="builtin", help="model (default builtin)")
     p.set_defaults(func=cmd_demo)
+
+    from gradsift.cli.commands import add_bench_parser, add_evaluate_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -104,3 +104,33 @@ def test_demo_pool_has_skills_and_noise():
     assert len(skills) == 8
     assert 0.08 < np.mean([r["noisy"] for r in pool]) < 0.25
     assert abs(np.mean([r["task"] == "arithmetic" for r in pool]) - 0.125) < 0.01
+
+
+def test_pair_selection_with_fusion_through_the_pipeline(tmp_path, tiny_model_dir):
+    rows = [
+        {"prompt": f"Question {i}: is {i} even?", "chosen": "yes" if i % 2 == 0 else "no", "rejected": "maybe so"}
+        for i in range(12)
+    ]
+    pool = tmp_path / "pairs.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    res = run_select(
+        SelectConfig(
+            pool=str(pool),
+            out=str(tmp_path / "o"),
+            kind="pair",
+            methods=["fusion", "irm", "random"],
+            budget="3",
+            model=str(tiny_model_dir),
+            device="cpu",
+            max_length=64,
+            options={"validation": str(val), "dpo_config": {"max_steps": 1, "per_device_train_batch_size": 4}},
+        )
+    )
+    assert set(res.selections) == {"fusion", "irm", "random"}
+    selected = [json.loads(line) for line in (res.out / "selected.jsonl").read_text().splitlines()]
+    assert 0 < len(selected) <= 3
+    assert {"prompt", "chosen", "rejected", "gradsift_score"} <= set(selected[0])
+    table = pq.read_table(res.out / "scores.parquet").to_pandas()
+    assert len(table) == 12 and "score_irm" in table

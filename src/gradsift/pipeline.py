@@ -132,6 +132,7 @@ def make_scorer(method: Method) -> Scorer:
     from gradsift.score.ifd import IFDScorer
     from gradsift.score.length import LengthScorer
     from gradsift.score.loss import LossScorer
+    from gradsift.score.preference import FusionScorer, IRMScorer, LossDiffScorer, TIFScorer
     from gradsift.score.random import RandomScorer
     from gradsift.score.sft_influence import BidsScorer, LessScorer, PrismScorer
 
@@ -145,6 +146,10 @@ def make_scorer(method: Method) -> Scorer:
         Method.LESS: LessScorer,
         Method.PRISM: PrismScorer,
         Method.BIDS: BidsScorer,
+        Method.TIF: TIFScorer,
+        Method.LOSSDIFF: LossDiffScorer,
+        Method.IRM: IRMScorer,
+        Method.FUSION: FusionScorer,
     }
     if method not in scorers:
         raise NotImplementedError(f"method '{method.value}' is not available in this version of gradsift")

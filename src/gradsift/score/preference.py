@@ -1,0 +1,871 @@
+"""TIF, LossDiff, IRM and their error-complementary fusion for preference pairs (methods.md section 3).
+
+Zhang et al. 2025, "Towards Understanding Valuable Preference Data for LLM Alignment". For a pair
+``d = (x, y_w, y_l)`` and the DPO loss ``l`` (sigmoid loss, temperature ``beta``, reference = the base
+model, i.e. the adapter switched off):
+
+- IF(d) = ``<g(d), sum_{v in V} g(v)>`` with ``g`` the gradient of ``l`` w.r.t. the LoRA weights at the
+  warm-up checkpoint ``theta_w`` (exact by default, projected on request). A gradient step ``theta_w - eta g(d)``
+  changes the summed validation loss by ``-eta IF(d)`` to first order: a large IF predicts a large *decrease*.
+- TIF keeps the pairs whose IF lies in the middle percentile band ``[q_lo, q_hi]`` (default 20-80,
+  `gradsift.select.band`).
+- LossDiff(d) = ``l(theta_w; d) - l(theta_val; d)``.
+- IRM(d) = ``beta * m(d)``, the implicit reward margin under ``theta_w``, with
+  ``m = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))`` (summed token log-probs).
+- Fusion keeps a pair only when both LossDiff and IRM lie in their middle bands (the intersection).
+
+Shared steps, each cached under ``ctx.workdir / "preference"`` in a directory named by a hash of everything
+that decides its content (settings, model and data fingerprints, the adapters it starts from), so runs with
+other settings never mix and a rerun reuses what is done (inside each directory the run-dir and feature-store
+checks refuse mismatches as usual):
+
+- ``dpo-pool-<key>/``: the warm-up, `gradsift.train.dpo.train_dpo` with LoRA for one epoch on the pool.
+- ``dpo-val-<key>/``: ``theta_val``, one epoch of DPO on the validation set ``V``.
+- ``features/if-exact-<key>/`` and ``valgrad-<key>.npy``: IF itself, a one-column resumable feature store, and the
+  summed validation gradient it is taken against (default ``projector=exact``); with ``projector=factorized`` or
+  ``dense``, ``features/{pool,val}-<key>/``: projected per-pair gradients from
+  `gradsift.features.extract.extract_features`.
+- ``logps-<key>.npz`` + ``.json``: summed log-probabilities of every pair's chosen and rejected response under
+  one checkpoint (the base model for the reference, the warm-up, ``theta_val``), forward only.
+
+gradsift's choices (options, all read from ``ctx.options``):
+
+- ``val_init`` (``base``, default): ``theta_val`` is one epoch of DPO on ``V`` from the base model, "the
+  model after one epoch of DPO on the validation set" read literally; it does not depend on the pool and is
+  reused across pools. ``warmup`` starts it from the warm-up model instead (the warm-up adapter merged into
+  the base, a new adapter trained on ``V``; TRL's reference during that epoch is then the warm-up model), so
+  LossDiff approximates ``eta * IF`` to first order. LossDiff is always evaluated with the base model as
+  reference.
+- ``pref_mode``: ``band`` (default) selects the band members; ``topk`` the highest values instead (the
+  fusion's top-k ranks pairs by the lower of their two percentile ranks, the intersection of two upper bands).
+- ``band_order`` (within the band, up to the budget): ``centre`` (default) takes the pairs whose percentile
+  rank lies closest to the band's centre ``(lo + hi) / 2`` first, i.e. a narrower band with the same centre
+  (fusion: the larger of the two distances, i.e. the intersection of two narrower bands); ``high`` takes the
+  highest percentile rank first (fusion: the lower of the two ranks). A band with fewer pairs than the budget
+  is selected whole and the shortfall is reported in ``info``; a budget of 0 keeps the whole band.
+- DPO runs use TRL's `DPOConfig` with gradsift's defaults ``learning_rate=1e-4`` (TRL's 1e-6 is meant for full
+  fine-tuning and hardly moves a LoRA adapter), batch size 8, ``max_length = ctx.max_length``,
+  ``seed = ctx.seed``; option ``dpo_config`` overrides any field.
+- IF is exact by default: TIF needs only one direction, the summed validation gradient ``G``, so each pair's
+  ``<g(d), G>`` is taken from its gradient factors (`DirectionSink`) at the cost of one gradient pass, without
+  projecting or storing gradients. DPO gradients of different pairs are nearly orthogonal (cosines of a few
+  hundredths on SmolLM2), so a 16 x 16 factorized projection's error is as large as IF itself there; the
+  projected modes remain as options for comparison.
+- Validation pairs come from option ``validation`` (a file read with `gradsift.data.load.load_pairs`, or a
+  list of `Pair`s); without it, from ``ctx.targets`` when every target has a ``rejected`` response.
+
+Each scorer's `Scores.score` is its selection priority (higher first, NaN outside the band in band mode; the
+raw value in top-k mode), so ``top_k(score, budget)`` reproduces ``selected``; the raw values and in-band
+flags are columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gradsift.data.load import load_pairs
+from gradsift.data.records import Pair, fingerprint
+from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_pairs
+from gradsift.features.grads import pair_groups
+from gradsift.model.load import LoadedModel
+from gradsift.model.lora import LoraSettings, load_adapter
+from gradsift.model.task import DPOTask, sequence_logps
+from gradsift.score.base import ScoreContext, Scores
+from gradsift.select.band import band_limits, percentile_band
+from gradsift.select.topk import rank_order, top_k
+from gradsift.store.atomic import write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DPO_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "per_device_train_batch_size": 8}
+_CACHE = "preference"
+
+
+class PrefMode(StrEnum):
+    """How a preference score becomes a selection."""
+
+    BAND = "band"
+    TOPK = "topk"
+
+
+class BandOrder(StrEnum):
+    """Which band members come first when the band holds more pairs than the budget."""
+
+    CENTRE = "centre"
+    HIGH = "high"
+
+
+class ValInit(StrEnum):
+    """Where ``theta_val`` starts its epoch of DPO on the validation set."""
+
+    BASE = "base"
+    WARMUP = "warmup"
+
+
+def _enum(cls: type[StrEnum], name: str, value: Any) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise ValueError(f"option {name} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"option {name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"option {name} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass
+class PreferenceOptions:
+    """Options of the preference scorers (module docstring for the choices), read from ``ctx.options``.
+
+    Attributes:
+        validation: The validation pairs ``V``: a file path for `load_pairs`, or a list of `Pair`s.
+        validation_format: Force the validation file's format.
+        beta: DPO temperature, for the DPO runs and every score.
+        band_lo: Lower percentile of the middle band, in [0, 100).
+        band_hi: Upper percentile, in (band_lo, 100].
+        pref_mode: ``band`` or ``topk``.
+        band_order: ``centre`` or ``high``: order of the band members up to the budget.
+        val_init: ``base`` or ``warmup``: where ``theta_val`` starts.
+        projector: How IF is computed: ``exact`` (default: the inner product of each pair's full LoRA gradient
+            with the summed validation gradient, no projection error), or from stored ``factorized`` or
+            ``dense`` projected gradient features (`gradsift.features.projection`).
+        proj_dim: Output dimension of the dense projector.
+        k_in: Factorized projector: target size of each LoRA matrix's input side.
+        k_out: Factorized projector: target size of each LoRA matrix's output side.
+        store_dtype: ``float32`` (default: DPO gradients are small, float16 could flush them to zero) or
+            ``float16`` feature rows.
+        lora_rank: LoRA rank of the DPO runs.
+        lora_alpha: LoRA alpha of the DPO runs.
+        lora_targets: Modules the LoRA adapts.
+        dpo_config: `trl.DPOConfig` overrides for both DPO runs (on top of `DPO_DEFAULTS`).
+        compare_tif: Fusion also computes TIF and reports the overlap of the two selections.
+    """
+
+    validation: str | Path | list[Pair] | None = None
+    validation_format: str | None = None
+    beta: float = 0.1
+    band_lo: float = 20.0
+    band_hi: float = 80.0
+    pref_mode: PrefMode = PrefMode.BAND
+    band_order: BandOrder = BandOrder.CENTRE
+    val_init: ValInit = ValInit.BASE
+    projector: Literal["exact", "factorized", "dense"] = "exact"
+    proj_dim: int = 8192
+    k_in: int = 16
+    k_out: int = 16
+    store_dtype: Literal["float32", "float16"] = "float32"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    dpo_config: dict[str, Any] = field(default_factory=dict)
+    compare_tif: bool = True
+
+    def __post_init__(self) -> None:
+        v = self.validation
+        if v is not None and not isinstance(v, str | Path):
+            if not isinstance(v, list | tuple) or not all(isinstance(p, Pair) for p in v):
+                raise ValueError("option validation must be a file path or a list of Pair records")
+            self.validation = list(v)
+        self.beta = _number("beta", self.beta)
+        if not self.beta > 0:
+            raise ValueError(f"option beta must be positive, got {self.beta}")
+        self.band_lo, self.band_hi = _number("band_lo", self.band_lo), _number("band_hi", self.band_hi)
+        if not 0 <= self.band_lo < self.band_hi <= 100:
+            raise ValueError(
+                f"the band needs 0 <= band_lo < band_hi <= 100, got band_lo={self.band_lo}, band_hi={self.band_hi}"
+            )
+        self.pref_mode = _enum(PrefMode, "pref_mode", self.pref_mode)
+        self.band_order = _enum(BandOrder, "band_order", self.band_order)
+        self.val_init = _enum(ValInit, "val_init", self.val_init)
+        if self.projector not in ("exact", "factorized", "dense"):
+            raise ValueError(f"option projector must be exact, factorized or dense, got {self.projector!r}")
+        if self.store_dtype not in ("float32", "float16"):
+            raise ValueError(f"option store_dtype must be float32 or float16, got {self.store_dtype!r}")
+        for name in ("proj_dim", "k_in", "k_out", "lora_rank", "lora_alpha"):
+            _count(name, getattr(self, name))
+        if isinstance(self.lora_targets, str):
+            self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, target_modules=list(self.lora_targets))
+        if not isinstance(self.dpo_config, dict):
+            raise ValueError(f"option dpo_config must be a mapping of DPOConfig fields, got {self.dpo_config!r}")
+        for key in ("beta", "output_dir"):
+            if key in self.dpo_config:
+                raise ValueError(f"option dpo_config may not set {key!r}" + (": use option beta" * (key == "beta")))
+        if not isinstance(self.compare_tif, bool):
+            raise ValueError(f"option compare_tif must be true or false, got {self.compare_tif!r}")
+
+    @property
+    def lora(self) -> LoraSettings:
+        """LoRA settings of the DPO runs."""
+        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, target_modules=list(self.lora_targets))
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PreferenceOptions:
+        """The options this module knows, taken from a run's options (other methods' options are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Band and top-k selection (pure numpy)
+
+
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """Mid-rank percentile of each finite value among the finite values, in (0, 100); NaN elsewhere.
+
+    Ties share their average rank, so tied values are never split by row order.
+    """
+    from scipy.stats import rankdata
+
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    out = np.full(len(v), np.nan)
+    if ok.any():
+        out[ok] = 100.0 * (rankdata(v[ok], method="average") - 0.5) / int(ok.sum())
+    return out
+
+
+@dataclass(frozen=True)
+class PreferenceSelection:
+    """A band or top-k selection over one or more score columns.
+
+    Attributes:
+        score: [N] priority, higher first (NaN: never selected); ``top_k(score, budget)`` gives `selected`.
+        selected: Row indices in selection order.
+        in_band: Name -> bool [N]: each column's middle band; ``"all"``: their intersection.
+        info: Band limits, counts and shortfall, JSON-serialisable.
+    """
+
+    score: np.ndarray
+    selected: list[int]
+    in_band: dict[str, np.ndarray]
+    info: dict[str, Any]
+
+
+def select_pairs(
+    columns: Mapping[str, np.ndarray],
+    budget: int,
+    lo: float = 20.0,
+    hi: float = 80.0,
+    mode: PrefMode | str = PrefMode.BAND,
+    order: BandOrder | str = BandOrder.CENTRE,
+) -> PreferenceSelection:
+    """Select pairs by the middle bands of one score (TIF, LossDiff, IRM) or several (fusion: intersection).
+
+    Args:
+        columns: Name -> values [N] (NaN for pairs that could not be scored; they are never selected).
+        budget: Pairs to select; 0 keeps the whole band (band mode only).
+        lo: Lower band percentile.
+        hi: Upper band percentile.
+        mode: ``band`` or ``topk`` (module docstring).
+        order: Order of the band members: ``centre`` or ``high``.
+
+    Returns:
+        The selection.
+
+    Raises:
+        ValueError: No columns, columns of different lengths, a bad band, a negative budget, top-k without a
+            budget, or no finite value in a column.
+    """
+    mode, order = PrefMode(mode), BandOrder(order)
+    if not columns:
+        raise ValueError("no score column to select by")
+    cols = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+    n = {len(v) for v in cols.values()}
+    if len(n) != 1 or 0 in n or any(v.ndim != 1 for v in cols.values()):
+        raise ValueError(f"score columns must be 1-D of one non-zero length, got {[v.shape for v in cols.values()]}")
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    ranks = np.stack([percentile_ranks(v) for v in cols.values()])  # [C, N]
+    in_band = {k: percentile_band(v, lo, hi) for k, v in cols.items()}
+    both = np.logical_and.reduce(list(in_band.values()))
+    in_band["all"] = both
+    info: dict[str, Any] = {
+        "mode": mode.value,
+        "band": {"lo": lo, "hi": hi, "limits": {k: list(band_limits(v, lo, hi)) for k, v in cols.items()}},
+        "n_scored": int(np.isfinite(ranks).all(axis=0).sum()),
+        "n_in_band": {k: int(m.sum()) for k, m in in_band.items()},
+        "budget": budget,
+    }
+    with np.errstate(invalid="ignore"):
+        lowest = ranks.min(axis=0)  # NaN where any column is NaN
+    if mode is PrefMode.TOPK:
+        if budget < 1:
+            raise ValueError("top-k selection needs a budget of at least 1")
+        score = cols[next(iter(cols))] if len(cols) == 1 else lowest
+        selected = top_k(score, budget).indices
+    else:
+        info["order"] = order.value
+        if order is BandOrder.CENTRE:
+            centre = (lo + hi) / 2
+            priority = -np.abs(ranks - centre).max(axis=0)
+        else:
+            priority = lowest
+        score = np.where(both, priority, np.nan)
+        members = rank_order(score, np.flatnonzero(both))
+        selected = (members if budget == 0 else members[:budget]).tolist()
+        if budget > len(members):
+            info["shortfall"] = budget - len(members)
+            log.warning("the band holds %d pairs, fewer than the budget %d: all are selected", len(members), budget)
+    info["n_selected"] = len(selected)
+    return PreferenceSelection(
+        score=np.asarray(score, dtype=np.float64), selected=selected, in_band=in_band, info=info
+    )
+
+
+def overlap(a: Sequence[int], b: Sequence[int]) -> dict[str, Any]:
+    """How much two selections agree: shared rows, Jaccard index, and the share of each inside the other."""
+    sa, sb = set(a), set(b)
+    shared = len(sa & sb)
+    union = len(sa | sb)
+    return {
+        "n_a": len(sa),
+        "n_b": len(sb),
+        "shared": shared,
+        "jaccard": shared / union if union else 1.0,
+        "share_of_a": shared / len(sa) if sa else None,
+        "share_of_b": shared / len(sb) if sb else None,
+    }
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation over the rows where both are finite (None when fewer than 3 such rows)."""
+    from scipy.stats import spearmanr
+
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return None
+    rho = spearmanr(a[ok], b[ok]).statistic
+    return float(rho) if np.isfinite(rho) else None
+
+
+def dpo_loss(margin: np.ndarray, beta: float) -> np.ndarray:
+    """DPO sigmoid loss ``-log sigmoid(beta m) = log(1 + exp(-beta m))`` from margins [N] (stable for any m)."""
+    return np.logaddexp(0.0, -beta * np.asarray(margin, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared, cached steps
+
+
+def _key(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def adapter_digest(adapter_dir: Path) -> str:
+    """Content hash of a saved adapter's weights (what a cache built on that adapter depends on)."""
+    files = sorted(adapter_dir.glob("adapter_model.*"))
+    if not files:
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.* file")
+    return _key([_file_digest(f) for f in files])
+
+
+@torch.no_grad()
+def pair_logps(
+    model: Any,
+    encoded: Sequence[tuple[Encoded, Encoded]],
+    pad_id: int,
+    batch_tokens: int,
+    max_batch: int = 64,
+    desc: str = "log-probs",
+) -> np.ndarray:
+    """Summed log-probabilities of each pair's chosen and rejected response tokens, forward only.
+
+    Batches as `gradsift.features.extract` does: chosen rows first, then rejected rows.
+
+    Args:
+        model: Causal LM or peft model (with whatever adapter is active), in eval mode.
+        encoded: Tokenised pairs from `encode_pairs`.
+        pad_id: Padding token id.
+        batch_tokens: Padded tokens per batch (both rows of a pair count).
+        max_batch: Most pairs per batch.
+        desc: Progress bar label.
+
+    Returns:
+        float64 [N, 2]: ``log pi(y_w|x)`` and ``log pi(y_l|x)``.
+    """
+    device = next(model.parameters()).device
+    out = np.zeros((len(encoded), 2))
+    lengths = [2 * max(len(c), len(r)) for c, r in encoded]
+    with tqdm(total=len(encoded), desc=desc, unit="pair", leave=False) as bar:
+        for idx in bucket_batches(lengths, batch_tokens, max_batch):
+            items = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+            batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
+            lp = sequence_logps(model, batch)[0].double().cpu().numpy()
+            out[idx, 0], out[idx, 1] = lp[: len(idx)], lp[len(idx) :]
+            bar.update(len(idx))
+    return out
+
+
+class PreferenceSteps:
+    """The warm-up, ``theta_val``, gradient features and log-probabilities that the preference scorers share.
+
+    Every step is computed at most once per object and cached on disk (module docstring); `info` collects what
+    each step did (run directories, whether it was reused, truncated and dropped pairs, seconds).
+
+    Args:
+        ctx: The scoring context; ``ctx.pairs`` is the pool.
+        opts: The options.
+        method: Name of the calling method, for error messages.
+
+    Raises:
+        ValueError: The context has no preference pairs.
+    """
+
+    def __init__(self, ctx: ScoreContext, opts: PreferenceOptions, method: str) -> None:
+        if not ctx.pairs:
+            raise ValueError(f"the {method} method scores preference pairs: run with kind 'pair' (--kind pair)")
+        self.ctx, self.opts, self.method = ctx, opts, method
+        self.root = Path(ctx.workdir) / _CACHE
+        self.info: dict[str, Any] = {"timings_s": {}}
+
+    def _timed(self, name: str, start: float) -> None:
+        self.info["timings_s"][name] = round(time.perf_counter() - start, 3)
+
+    @cached_property
+    def base(self) -> LoadedModel:
+        """The shared base model (``ctx.model``): reference log-probabilities and fingerprints only."""
+        return self.ctx.model
+
+    @cached_property
+    def validation(self) -> list[Pair]:
+        """The validation pairs ``V``.
+
+        Raises:
+            ValueError: No validation set given and no targets with rejected responses, or an empty one.
+        """
+        v = self.opts.validation
+        if isinstance(v, str | Path):
+            pairs = load_pairs(v, fmt=self.opts.validation_format)
+            source = str(v)
+        elif v is not None:
+            pairs, source = list(v), "options"
+        elif self.ctx.targets and all(t.rejected is not None for t in self.ctx.targets):
+            pairs = [
+                Pair(t.id, t.prompt_messages, t.response, str(t.rejected), t.task, t.raw, t.source, t.line)
+                for t in self.ctx.targets
+            ]
+            source = "targets"
+        else:
+            raise ValueError(
+                f"the {self.method} method needs a validation set of preference pairs: pass option "
+                "validation=PATH (--option validation=val.jsonl), or targets that all have a rejected response"
+            )
+        if not pairs:
+            raise ValueError(f"the validation set ({source}) holds no pairs")
+        self.info["validation"] = {"source": source, "n": len(pairs), "fingerprint": fingerprint(pairs)}
+        return pairs
+
+    def _dpo_overrides(self) -> dict[str, Any]:
+        return {**DPO_DEFAULTS, "max_length": self.ctx.max_length, "seed": self.ctx.seed, **self.opts.dpo_config}
+
+    def _train(self, role: str, pairs: list[Pair], init: list[Path]) -> Path:
+        """One epoch (by default) of LoRA DPO on `pairs`, from the base model with the `init` adapters merged."""
+        from trl import DPOConfig
+
+        from gradsift.train.common import comparable_config, make_config
+        from gradsift.train.dpo import train_dpo
+
+        t = time.perf_counter()
+        overrides = self._dpo_overrides()
+        cfg = make_config(DPOConfig, overrides, self.root / "key", required={"beta": self.opts.beta})
+        key = _key(
+            {
+                "model": self.base.fingerprint,
+                "data": fingerprint(pairs),
+                "lora": self.opts.lora.as_dict(),
+                "trainer": comparable_config(cfg),
+                "init": [adapter_digest(p) for p in init],
+            }
+        )
+        out = self.root / f"dpo-{role}-{key}"
+        lm = self.ctx.fresh_model()
+        model = lm.model
+        for adapter in init:
+            model = load_adapter(model, adapter, trainable=False).merge_and_unload()
+        res = train_dpo(model, lm.tokenizer, pairs, out, self.opts.lora, config=overrides, beta=self.opts.beta)
+        self.info[f"dpo_{role}"] = {
+            "run_dir": str(out),
+            "reused": res.reused,
+            "global_step": res.global_step,
+            "init": [str(p) for p in init],
+            "trl_counts": res.counts.as_dict(),
+        }
+        self._timed(f"dpo_{role}", t)
+        return res.adapter_dir
+
+    @cached_property
+    def warmup(self) -> Path:
+        """Adapter directory of the warm-up: DPO on the whole pool from the base model."""
+        return self._train("pool", self.ctx.pairs, [])
+
+    @cached_property
+    def theta_val_chain(self) -> list[Path]:
+        """Adapters that make ``theta_val``, in order (the warm-up first when ``val_init`` is ``warmup``)."""
+        init = [self.warmup] if self.opts.val_init is ValInit.WARMUP else []
+        return [*init, self._train("val", self.validation, init)]
+
+    def _encoded(self, which: str) -> list[tuple[Encoded, Encoded]]:
+        pairs = self.ctx.pairs if which == "pool" else self.validation
+        encoded, stats = encode_pairs(self.base.tokenizer, pairs, self.ctx.max_length)
+        self.info.setdefault("truncated_by_max_length", {})[which] = stats.as_dict()
+        return encoded
+
+    @cached_property
+    def encoded_pool(self) -> list[tuple[Encoded, Encoded]]:
+        return self._encoded("pool")
+
+    def logps(self, name: str, adapters: list[Path]) -> np.ndarray:
+        """Summed log-probabilities [N, 2] of the pool's responses under the base model with `adapters` applied
+        (merged in order, the last one loaded), cached; no adapter gives the reference."""
+        t = time.perf_counter()
+        settings = {
+            "model": self.base.fingerprint,
+            "adapters": [adapter_digest(p) for p in adapters],
+            "data": fingerprint(self.ctx.pairs),
+            "max_length": self.ctx.max_length,
+        }
+        path = self.root / f"logps-{name}-{_key(settings)}.npz"
+        meta = path.with_suffix(".json")
+        if path.exists() and meta.exists() and json.loads(meta.read_text()) == settings:
+            with np.load(path, allow_pickle=False) as z:
+                out = z["logps"]
+            self.info.setdefault("logps", {})[name] = {"path": str(path), "reused": True}
+            self.encoded_pool  # noqa: B018 (tokenising records the truncation counts, reported on every run)
+            return out
+        if adapters:
+            lm = self.ctx.fresh_model()
+            model = lm.model
+            for adapter in adapters[:-1]:
+                model = load_adapter(model, adapter, trainable=False).merge_and_unload()
+            model = load_adapter(model, adapters[-1], trainable=False)
+        else:
+            model = self.base.model
+        model.eval()
+        pad = self.base.tokenizer.pad_token_id
+        out = pair_logps(model, self.encoded_pool, pad, self.ctx.batch_tokens, desc=f"log-probs ({name})")
+        buf = io.BytesIO()
+        np.savez(buf, logps=out)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, buf.getvalue())
+        write_json_atomic(meta, settings)
+        self.info.setdefault("logps", {})[name] = {"path": str(path), "reused": False}
+        self._timed(f"logps_{name}", t)
+        return out
+
+    def margins(self, which: str) -> np.ndarray:
+        """Implicit reward margins ``m`` [N] (without beta) of the pool under the warm-up or ``theta_val``.
+
+        The reference is the base model, as in the DPO runs and `DPOTask` with the adapter disabled.
+        """
+        ref = self.logps("reference", [])
+        pol = self.logps("warmup", [self.warmup]) if which == "warmup" else self.logps("val", self.theta_val_chain)
+        return (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])
+
+    def _features(self, which: str) -> Any:
+        from gradsift.features.extract import FeatureConfig, extract_features
+
+        t = time.perf_counter()
+        pairs = self.ctx.pairs if which == "pool" else self.validation
+        opts = self.opts
+        settings = {
+            "model": self.base.fingerprint,
+            "adapter": adapter_digest(self.warmup),
+            "data": fingerprint(pairs),
+            "projector": opts.projector,
+            "dim": opts.proj_dim if opts.projector == "dense" else [opts.k_in, opts.k_out],
+            "seed": self.ctx.seed,
+            "beta": opts.beta,
+            "max_length": self.ctx.max_length,
+            "store_dtype": opts.store_dtype,
+        }
+        out = self.root / "features" / f"{which}-{_key(settings)}"
+        cfg = FeatureConfig(
+            data=f"(preference {which} pairs)",
+            out=str(out),
+            kind="pair",
+            adapter=str(self.warmup),
+            projector="dense" if opts.projector == "dense" else "factorized",
+            dim=opts.proj_dim,
+            k_in=opts.k_in,
+            k_out=opts.k_out,
+            projection_seed=self.ctx.seed,
+            beta=opts.beta,
+            max_length=self.ctx.max_length,
+            batch_tokens=max(self.ctx.batch_tokens, self.ctx.max_length),
+            store_dtype=opts.store_dtype,
+        )
+        done_before = (out / "done.npy").exists() and bool(np.load(out / "done.npy", mmap_mode="r").all())
+        store = extract_features(cfg, records=pairs, loaded=self.ctx.fresh_model())
+        block = store.read()
+        bad = np.flatnonzero(~block.valid)
+        self.info.setdefault("features", {})[which] = {
+            "path": str(out),
+            "dim": store.layout.dim,
+            "reused": done_before,
+            "n_bad": len(bad),
+            "bad_ids": [pairs[i].id for i in bad[:50]],
+        }
+        self._timed(f"features_{which}", t)
+        return block
+
+    def _gradient_batches(
+        self,
+        grads: Any,
+        lm: LoadedModel,
+        encoded: Sequence[tuple[Encoded, Encoded]],
+        sink: Any,
+        ref: np.ndarray | None = None,
+        desc: str = "gradients",
+    ) -> Iterator[tuple[list[int], Any]]:
+        """Per-pair DPO gradients of `encoded`, batched as the feature extractor batches pairs; `ref` ([N, 2]
+        reference log-probabilities, when known) saves the reference forward pass."""
+        task = DPOTask(beta=self.opts.beta)
+        lengths = [2 * max(len(c), len(r)) for c, r in encoded]
+        with tqdm(total=len(encoded), desc=desc, unit="pair", leave=False) as bar:
+            for idx in bucket_batches(lengths, max(self.ctx.batch_tokens, self.ctx.max_length)):
+                items = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+                batch = {k: v.to(lm.device) for k, v in collate(items, lm.tokenizer.pad_token_id).items()}
+                if ref is not None:
+                    pair_ref = np.concatenate([ref[idx, 0], ref[idx, 1]])
+                    batch["ref_logps"] = torch.from_numpy(pair_ref).to(lm.device, torch.float32)
+                yield idx, grads.compute(batch, task, sink=sink, groups=pair_groups(len(idx), lm.device))
+                bar.update(len(idx))
+
+    def _exact_influence(self) -> np.ndarray:
+        """IF without projection: the summed validation gradient ``G`` [P] once (cached as ``.npy``), then
+        ``<g(d), G>`` for every pool pair through `DirectionSink`, in a resumable one-column feature store."""
+        from gradsift.features.grads import FlatGradients, LoraGradients
+        from gradsift.store.features import FeatureStore
+
+        t = time.perf_counter()
+        settings = {
+            "model": self.base.fingerprint,
+            "adapter": adapter_digest(self.warmup),
+            "pool": fingerprint(self.ctx.pairs),
+            "validation": fingerprint(self.validation),
+            "beta": self.opts.beta,
+            "max_length": self.ctx.max_length,
+        }
+        key = _key(settings)
+        folder = self.root / "features"
+        store_path, grad_path = folder / f"if-exact-{key}", folder / f"valgrad-{key}.npy"
+        grad_info = grad_path.with_suffix(".json")
+        reused = (store_path / "metadata.json").exists() and FeatureStore.load(store_path).is_complete()
+        if not reused:
+            lm = self.ctx.fresh_model()
+            model = load_adapter(lm.model, self.warmup, trainable=True)
+            model.eval()
+            lm = LoadedModel(model, lm.tokenizer, lm.source, lm.fingerprint, lm.device, lm.dtype)
+            grads = LoraGradients(model)
+            if not (grad_path.exists() and grad_info.exists()):
+                total = np.zeros(grads.num_params)
+                bad: list[int] = []
+                val = self._encoded("val")
+                for idx, out in self._gradient_batches(
+                    grads, lm, val, FlatGradients(grads.num_params), desc="G (val)"
+                ):
+                    ok = ~out.bad.cpu().numpy()
+                    total += out.features[torch.from_numpy(ok).to(out.features.device)].double().sum(0).cpu().numpy()
+                    bad += [i for i, good in zip(idx, ok, strict=True) if not good]
+                if len(bad) == len(val):
+                    raise ValueError("every validation pair has a non-finite gradient: IF is undefined")
+                buf = io.BytesIO()
+                np.save(buf, total)
+                folder.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(grad_path, buf.getvalue())
+                write_json_atomic(grad_info, {"n_bad": len(bad), "bad_ids": [self.validation[i].id for i in bad[:50]]})
+            direction = torch.from_numpy(np.load(grad_path)).to(lm.device, torch.float32)
+            store = FeatureStore.open(store_path, len(self.ctx.pairs), 1, settings, extras=("loss",))
+            todo = store.missing_rows()
+            encoded = [self.encoded_pool[i] for i in todo]
+            # The pool's reference log-probabilities are cached for LossDiff and IRM anyway: reuse them here.
+            ref = self.logps("reference", [])[todo]
+            sink = DirectionSink(direction, grads.layers)
+            for idx, out in self._gradient_batches(grads, lm, encoded, sink, ref, desc="IF (pool)"):
+                losses = out.losses.float().cpu().numpy()
+                store.write_rows(todo[idx], out.features.float().cpu().numpy(), {"loss": losses})
+        block = FeatureStore.load(store_path).read()
+        bad_pool = np.flatnonzero(~block.valid)
+        val_bad = json.loads(grad_info.read_text())
+        self.info["features"] = {
+            "mode": "exact",
+            "pool": {
+                "path": str(store_path),
+                "reused": reused,
+                "n_bad": len(bad_pool),
+                "bad_ids": [self.ctx.pairs[i].id for i in bad_pool[:50]],
+            },
+            "val": {"path": str(grad_path), "n_bad": val_bad["n_bad"], "bad_ids": val_bad["bad_ids"]},
+        }
+        self._timed("influence_exact", t)
+        out = np.asarray(block.features[:, 0], dtype=np.float64)
+        out[~block.valid] = np.nan
+        return out
+
+    def _projected_influence(self) -> np.ndarray:
+        pool = self._features("pool")
+        val = self._features("val")
+        if not val.valid.any():
+            raise ValueError("every validation pair has a non-finite gradient: IF is undefined")
+        direction = np.asarray(val.features[val.valid], dtype=np.float64).sum(axis=0)
+        out = np.asarray(pool.features, dtype=np.float64) @ direction
+        out[~pool.valid] = np.nan
+        self.info["features"]["mode"] = self.opts.projector
+        return out
+
+    @cached_property
+    def influence(self) -> np.ndarray:
+        """IF(d) = ``<g(d), sum_v g(v)>`` [N] float64 at the warm-up checkpoint; NaN for pairs with non-finite
+        gradients (validation pairs with non-finite gradients are left out of the sum)."""
+        out = self._exact_influence() if self.opts.projector == "exact" else self._projected_influence()
+        self.encoded_pool  # noqa: B018 (records the truncation counts)
+        self._encoded("val")
+        return out
+
+
+class DirectionSink:
+    """A gradient sink with one feature per example: the inner product of its LoRA gradient with a fixed direction.
+
+    For LoRA matrix ``l`` with direction block ``D_l`` [out, in], ``<G_b, D_l> = sum_t delta_{b,t}^T D_l x_{b,t}``,
+    computed from the factors without building ``G_b``. With the summed validation gradient as the direction the
+    feature is IF(d) exactly, at the cost of one extraction pass and no projection error.
+
+    Args:
+        direction: [P] flat direction in `gradsift.features.grads.FlatGradients` layout, on the model's device.
+        layers: The `LoraGradients.layers` it is laid out by.
+
+    Raises:
+        ValueError: The direction's size does not match the layers.
+    """
+
+    def __init__(self, direction: torch.Tensor, layers: Sequence[Any]) -> None:
+        total = sum(layer.numel for layer in layers)
+        if direction.dim() != 1 or direction.numel() != total:
+            raise ValueError(f"direction must be [{total}] (the LoRA parameters), got {tuple(direction.shape)}")
+        self._blocks = [direction[x.offset : x.offset + x.numel].view(x.out_features, x.in_features) for x in layers]
+
+    @property
+    def dim(self) -> int:
+        return 1
+
+    def project(self, out: torch.Tensor, factors: Any) -> None:
+        """Add ``sum_t delta_t^T D x_t`` of one LoRA matrix into ``out[:, 0]`` ([G, 1])."""
+        block = self._blocks[factors.layer.index].to(factors.inputs.dtype)
+        out[:, 0] += ((factors.output_grads @ block) * factors.inputs).sum(dim=(1, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scorers
+
+
+def _finish(steps: PreferenceSteps, band_columns: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> Scores:
+    opts = steps.opts
+    sel = select_pairs(band_columns, steps.ctx.budget, opts.band_lo, opts.band_hi, opts.pref_mode, opts.band_order)
+    columns = {**extra, **band_columns}
+    for name, mask in sel.in_band.items():
+        if name != "all" or len(band_columns) > 1:
+            columns[f"in_band_{name}" if name != "all" else "in_band"] = mask
+    info = {**sel.info, "beta": opts.beta, "val_init": opts.val_init.value, **steps.info}
+    return Scores(score=sel.score, columns=columns, info=info, selected=sel.selected)
+
+
+def _options(ctx: ScoreContext) -> PreferenceOptions:
+    return PreferenceOptions.from_options(ctx.options)
+
+
+class TIFScorer:
+    """TIF: IF in the middle percentile band (methods.md section 3); ``pref_mode=topk`` gives plain IF top-k."""
+
+    def score(self, ctx: ScoreContext) -> Scores:
+        steps = PreferenceSteps(ctx, _options(ctx), "tif")
+        steps.validation  # noqa: B018 (a missing validation set fails before any training)
+        return _finish(steps, {"if": steps.influence}, {})
+
+
+class LossDiffScorer:
+    """LossDiff ``l(theta_w; d) - l(theta_val; d)`` in its middle band (methods.md section 3)."""
+
+    def score(self, ctx: ScoreContext) -> Scores:
+        steps = PreferenceSteps(ctx, _options(ctx), "lossdiff")
+        steps.validation  # noqa: B018 (a missing validation set fails before any training)
+        beta = steps.opts.beta
+        loss_w, loss_v = dpo_loss(steps.margins("warmup"), beta), dpo_loss(steps.margins("val"), beta)
+        return _finish(steps, {"lossdiff": loss_w - loss_v}, {"loss_warmup": loss_w, "loss_val": loss_v})
+
+
+class IRMScorer:
+    """IRM, the implicit reward margin ``beta * m`` under the warm-up model, in its middle band (methods.md
+    section 3). Needs no validation set."""
+
+    def score(self, ctx: ScoreContext) -> Scores:
+        steps = PreferenceSteps(ctx, _options(ctx), "irm")
+        m = steps.margins("warmup")
+        return _finish(steps, {"irm": steps.opts.beta * m}, {"loss_warmup": dpo_loss(m, steps.opts.beta)})
+
+
+class FusionScorer:
+    """Error-complementary fusion: LossDiff and IRM both in their middle bands (methods.md section 3).
+
+    With ``compare_tif`` (default) TIF is computed too: ``info["tif"]`` gives the overlap of the two selections
+    and of the two bands, and ``info["spearman"]`` the rank correlations of LossDiff and IRM with IF.
+    """
+
+    def score(self, ctx: ScoreContext) -> Scores:
+        steps = PreferenceSteps(ctx, _options(ctx), "fusion")
+        steps.validation  # noqa: B018 (a missing validation set fails before any training)
+        opts = steps.opts
+        m_w = steps.margins("warmup")
+        loss_w, loss_v = dpo_loss(m_w, opts.beta), dpo_loss(steps.margins("val"), opts.beta)
+        lossdiff, irm = loss_w - loss_v, opts.beta * m_w
+        extra = {"loss_warmup": loss_w, "loss_val": loss_v}
+        spearmans: dict[str, float | None] = {"lossdiff_irm": spearman(lossdiff, irm)}
+        tif_info: dict[str, Any] | None = None
+        if opts.compare_tif:
+            influence = steps.influence
+            tif = select_pairs(
+                {"if": influence}, ctx.budget, opts.band_lo, opts.band_hi, opts.pref_mode, opts.band_order
+            )
+            extra.update({"if": influence, "in_band_if": tif.in_band["if"]})
+            spearmans.update({"lossdiff_if": spearman(lossdiff, influence), "irm_if": spearman(irm, influence)})
+            tif_info = {"selected": tif.selected}
+        out = _finish(steps, {"lossdiff": lossdiff, "irm": irm}, extra)
+        out.info["spearman"] = spearmans
+        if tif_info is not None:
+            in_fusion = np.flatnonzero(out.columns["in_band"])
+            in_tif = np.flatnonzero(out.columns["in_band_if"])
+            out.info["tif"] = {
+                "selection_overlap": overlap(out.selected or [], tif_info["selected"]),
+                "band_overlap": overlap(in_fusion.tolist(), in_tif.tolist()),
+            }
+        return out

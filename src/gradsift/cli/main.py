@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="random,loss,embed,less,prism", help="methods (default random,loss,embed,less,prism)"
     )
     p.add_argument("--budget", default="10%", help="budget (default 10%%)")
-    p.add_argument("--n-pool", type=int, default=240, help="pool size (default 240)")
-    p.add_argument("--n-targets", type=int, default=16, help="number of targets (default 16)")
+    p.add_argument("--n-pool", type=int, default=160, help="pool size (default 160)")
+    p.add_argument("--n-targets", type=int, default=12, help="number of targets (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="builtin", help="model (default builtin)")
     p.set_defaults(func=cmd_demo)

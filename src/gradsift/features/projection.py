@@ -80,9 +80,11 @@ def _expand(compact: torch.Tensor, k: int, kind: Distribution, dtype: torch.dtyp
     """Compact rows (from :func:`_draw`, on any device) -> [rows, k] unscaled entries (+-1 or N(0, 1))."""
     if kind == "gaussian":
         return compact.to(dtype)
-    shifts = torch.arange(8, dtype=torch.uint8, device=compact.device)
-    bits = (compact.unsqueeze(-1) >> shifts) & 1
-    return bits.flatten(1)[:, :k].to(dtype) * 2 - 1
+    # One gather from the 256 sign patterns of a byte (bit i -> entry i) rather than shift, mask, convert
+    # and scale passes over the [rows, k] result: the expansion, not the matmul, bounds the dense projection.
+    shifts = torch.arange(8, device=compact.device)
+    patterns = ((torch.arange(256, device=compact.device).unsqueeze(-1) >> shifts) & 1).to(dtype) * 2 - 1
+    return torch.nn.functional.embedding(compact.int(), patterns).flatten(1)[:, :k]
 
 
 class DenseProjector:

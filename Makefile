@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.gradsift-installed
 
-.PHONY: install demo test test-all lint bench-features clean
+.PHONY: install demo test test-all lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -238,9 +238,17 @@ def make_pool(
 
 
 def make_targets(n: int, seed: int = 1, skill: str = "arithmetic") -> list[Record]:
-    """Clean target examples of one skill, labelled with ``task``."""
+    """Clean target examples of one skill, labelled with ``task``, each with a wrong answer as ``rejected``
+    (the unwanted response PRISM contrasts with the wanted one)."""
     rng = random.Random(seed + 10_000)
-    return [{**SKILLS[skill](rng, False), "task": skill} for _ in range(n)]
+    out = []
+    for _ in range(n):
+        state = rng.getstate()
+        good = SKILLS[skill](rng, False)
+        rng.setstate(state)
+        bad = SKILLS[skill](rng, True)
+        out.append({**good, "task": skill, "rejected": bad["output"]})
+    return out
 
 
 def write_demo_data(out_dir: str | Path, n_pool: int = 240, n_targets: int = 16, seed: int = 0) -> tuple[Path, Path]:

@@ -198,8 +198,11 @@ def test_unicode_alpaca_round_trips_or_is_refused(rows, name):
             return
         event("valid")
         assert_valid_examples(examples)
-        assert [e.raw for e in examples] == rows
-        for e, r in zip(examples, rows, strict=True):
+        # JSON spells an unpaired high+low surrogate as an escape pair, which every JSON reader decodes as the
+        # one astral character it denotes: what a JSON file holds is what json.loads reads back.
+        expected = json.loads(json.dumps(rows)) if name in ("d.jsonl", "d.json") else rows
+        assert [e.raw for e in examples] == expected
+        for e, r in zip(examples, expected, strict=True):
             assert e.response == r["output"]
             assert e.messages[0]["content"].startswith(r["instruction"])
 

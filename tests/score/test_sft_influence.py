@@ -46,6 +46,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
     """The demo pool, its one-task targets (no ``rejected``) and two-task targets with ``rejected``."""
     d = tmp_path_factory.mktemp("data")
     pool, targets = write_demo_data(d, n_pool=N_POOL, n_targets=4, seed=3)
+    # these targets must lack y-: PRISM then generates it
+    rows = [json.loads(line) for line in targets.read_text().splitlines()]
+    targets.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "rejected"}) + "\n" for r in rows))
     records = make_targets(3, seed=3) + make_targets(3, seed=3, skill="capitals")
     for i, r in enumerate(records):
         # another target's answer: a plausible wrong response to this prompt

@@ -21,6 +21,7 @@ from gradsift.model.lora import load_adapter
 from gradsift.model.task import DPOTask, sequence_logps
 from gradsift.score.base import ScoreContext
 from gradsift.score.preference import (
+    DirectionSink,
     FusionScorer,
     IRMScorer,
     LossDiffScorer,
@@ -426,3 +427,14 @@ def test_fusion_without_tif(scored, model_dir):
     fusion = FusionScorer().score(make_ctx(model_dir, ctx.workdir, compare_tif=False))
     assert "tif" not in fusion.info and "if" not in fusion.columns and "features" not in fusion.info
     assert fusion.selected == out["fusion"].selected
+
+
+def test_direction_sink_refuses_a_direction_of_the_wrong_size(tiny_model):
+    from gradsift.features.grads import LoraGradients
+    from gradsift.model.lora import LoraSettings, attach_lora
+
+    grads = LoraGradients(attach_lora(tiny_model, LoraSettings()))
+    DirectionSink(torch.zeros(grads.num_params), grads.layers)
+    for bad in (torch.zeros(grads.num_params + 1), torch.zeros(2, grads.num_params // 2)):
+        with pytest.raises(ValueError, match="direction must be"):
+            DirectionSink(bad, grads.layers)

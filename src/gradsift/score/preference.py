@@ -535,7 +535,7 @@ class PreferenceSteps:
         init = [self.warmup] if self.opts.val_init is ValInit.WARMUP else []
         return [*init, self._train("val", self.validation, init)]
 
-    def _encoded(self, which: str) -> list[tuple[Encoded, Encoded]]:
+    def _encoded(self, which: Literal["pool", "val"]) -> list[tuple[Encoded, Encoded]]:
         pairs = self.ctx.pairs if which == "pool" else self.validation
         encoded, stats = encode_pairs(self.base.tokenizer, pairs, self.ctx.max_length)
         self.info.setdefault("truncated_by_max_length", {})[which] = stats.as_dict()
@@ -583,7 +583,7 @@ class PreferenceSteps:
         self._timed(f"logps_{name}", t)
         return out
 
-    def margins(self, which: str) -> np.ndarray:
+    def margins(self, which: Literal["warmup", "val"]) -> np.ndarray:
         """Implicit reward margins ``m`` [N] (without beta) of the pool under the warm-up or ``theta_val``.
 
         The reference is the base model, as in the DPO runs and `DPOTask` with the adapter disabled.
@@ -592,7 +592,7 @@ class PreferenceSteps:
         pol = self.logps("warmup", [self.warmup]) if which == "warmup" else self.logps("val", self.theta_val_chain)
         return (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])
 
-    def _features(self, which: str) -> Any:
+    def _features(self, which: Literal["pool", "val"]) -> Any:
         from gradsift.features.extract import FeatureConfig, extract_features
 
         t = time.perf_counter()

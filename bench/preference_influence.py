@@ -92,6 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--projected", action="store_true", help="also TIF from 16 x 16 factorized projected gradient features"
     )
     p.add_argument("--train-eval", action="store_true", help="also DPO on fusion / random / full and evaluate")
+    p.add_argument(
+        "--compare-model",
+        default=None,
+        metavar="MODEL",
+        help="also score the same pool with a second model (e.g. gemma3-270m) and report the overlap of the\n"
+        "two fusion selections and the rank correlation of their scores",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: pool 24, val 8, test 8, 6 pairs, subset 4")
     args = p.parse_args(argv)
     if args.quick:
@@ -180,7 +187,7 @@ def flat_grad(model: Any, params: list[torch.nn.Parameter], batches: list[dict[s
     return torch.cat([t.flatten() for t in total]), loss_sum
 
 
-def run_scorers(ctx: ScoreContext, timer: Timer) -> dict[str, Any]:
+def run_scorers(ctx: ScoreContext, timer: Timer, prefix: str = "") -> dict[str, Any]:
     results = {}
     for name, scorer in (
         ("tif", TIFScorer),
@@ -190,7 +197,7 @@ def run_scorers(ctx: ScoreContext, timer: Timer) -> dict[str, Any]:
     ):
         t = time.perf_counter()
         results[name] = scorer().score(ctx)
-        timer.stage(f"score_{name}", t)
+        timer.stage(f"{prefix}score_{name}", t)
     return results
 
 
@@ -313,27 +320,43 @@ def train_eval(
     split: dict[str, list[Pair]],
     fusion_rows: list[int],
     warm_dir: Path,
+    warm_seconds: float | None,
     timer: Timer,
 ) -> dict[str, Any]:
     """DPO on the fusion selection, on a random selection of the same size and on the full pool (the warm-up
-    itself), each scored by preference accuracy and mean margin on the test pairs."""
+    itself), each scored by preference accuracy and mean margin on the test pairs; `base` is the model before
+    any DPO. Training and evaluation results are cached (``timing.json`` keeps the seconds they took)."""
     from gradsift.evaluate.tasks import ScoringSettings, evaluate_preference
     from gradsift.train.dpo import train_dpo
 
     rng = np.random.default_rng(args.seed + 2)
     random_rows = sorted(rng.choice(len(split["pool"]), len(fusion_rows), replace=False).tolist())
-    runs = {"fusion": sorted(fusion_rows), "random": random_rows, "full": None}
+    runs: dict[str, list[int] | None] = {
+        "base": [],
+        "fusion": sorted(fusion_rows),
+        "random": random_rows,
+        "full": None,
+    }
     out: dict[str, Any] = {}
     settings = ScoringSettings(max_length=args.max_length, batch_size=8)
     opts = PreferenceOptions.from_options(ctx.options)
+    root = Path(args.cache) / "train-eval"
+    test_tag = fingerprint(split["test"])
     for name, rows in runs.items():
         t = time.perf_counter()
         lm = ctx.fresh_model()
+        timing_path: Path | None = None
         if rows is None:
             model, adapter, n = load_adapter(lm.model, warm_dir, trainable=False), warm_dir, len(split["pool"])
+            run_dir, train_s = root / f"full-{adapter_digest(warm_dir)}", warm_seconds
+        elif not rows:
+            model, adapter, n, train_s = lm.model, None, 0, 0.0
+            run_dir = root / f"base-{lm.fingerprint}"
         else:
             pairs = [split["pool"][r] for r in rows]
-            run_dir = Path(args.cache) / "train-eval" / f"{name}-{fingerprint(pairs)}"
+            run_dir = root / f"{name}-{fingerprint(pairs)}"
+            timing_path = run_dir / "timing.json"
+            fresh = not (run_dir / "result.json").exists()
             cfg = {
                 **ctx.options["dpo_config"],
                 "learning_rate": args.lr,
@@ -343,16 +366,70 @@ def train_eval(
             }
             res = train_dpo(lm.model, lm.tokenizer, pairs, run_dir, opts.lora, config=cfg, beta=args.beta)
             model, adapter, n = res.model, res.adapter_dir, len(pairs)
+            if fresh:
+                write_json_atomic(timing_path, {"train_s": round(time.perf_counter() - t, 1)})
+            train_s = json.loads(timing_path.read_text())["train_s"] if timing_path.exists() else None
         timer.stage(f"train_{name}", t)
         t = time.perf_counter()
-        result = evaluate_preference(model, lm.tokenizer, split["test"], beta=args.beta, settings=settings)
+        eval_path = run_dir / f"eval-{test_tag}-{args.beta:g}.json"
+        if eval_path.exists():
+            record = json.loads(eval_path.read_text())
+        else:
+            result = evaluate_preference(model, lm.tokenizer, split["test"], beta=args.beta, settings=settings)
+            record = {k: result["metrics"][k] for k in ("accuracy", "mean_margin", "mean_reward_margin")}
+            record["eval_s"] = round(time.perf_counter() - t, 1)
+            write_json_atomic(eval_path, record)
         timer.stage(f"eval_{name}", t)
-        out[name] = {
-            "n_train": n,
-            "adapter": str(adapter),
-            **{k: result["metrics"][k] for k in ("accuracy", "mean_margin", "mean_reward_margin")},
-        }
+        out[name] = {"n_train": n, "adapter": str(adapter) if adapter else None, "train_s": train_s, **record}
     return out
+
+
+def compare_models(
+    args: argparse.Namespace, ctx: ScoreContext, split: dict[str, list[Pair]], scores: dict[str, Any], timer: Timer
+) -> dict[str, Any]:
+    """Score the same pool with `args.compare_model` (same options, its own warm-up and theta_val) and compare."""
+    settings = ModelSettings(model=args.compare_model, device=args.device)
+    t = time.perf_counter()
+    second = load_model(settings)
+    timer.stage("compare_load", t)
+    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.compare_model)
+    ctx2 = ScoreContext(
+        pool=[],
+        targets=[],
+        pairs=split["pool"],
+        workdir=Path(args.cache) / f"score-{tag}",
+        seed=args.seed,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        load_model=lambda: load_model(settings),
+        options={**ctx.options, "dpo_config": dict(ctx.options["dpo_config"])},
+        budget=0,
+        _model=second,
+    )
+    other = run_scorers(ctx2, timer, prefix=f"{tag}_")
+    cols = {
+        "IF": ("tif", "if"),
+        "LossDiff": ("lossdiff", "lossdiff"),
+        "IRM": ("irm", "irm"),
+    }
+    rho = {k: spearman(scores[m].columns[c], other[m].columns[c]) for k, (m, c) in cols.items()}
+    sel = {
+        "fusion": (scores["fusion"].selected or [], other["fusion"].selected or []),
+        "TIF band": (scores["tif"].selected or [], other["tif"].selected or []),
+    }
+    n = len(split["pool"])
+    overlaps = {
+        k: {**overlap(a, b), "n_a": len(a), "n_b": len(b), "chance": len(a) * len(b) / n} for k, (a, b) in sel.items()
+    }
+    info = other["fusion"].info
+    return {
+        "model": f"{second.source} ({second.fingerprint})",
+        "rho": rho,
+        "overlaps": overlaps,
+        "truncated": info["truncated_by_max_length"]["pool"]["n_truncated"],
+        "trl": {k: info[k]["trl_counts"] for k in ("dpo_pool", "dpo_val")},
+        "steps": step_times(other),
+    }
 
 
 def step_times(scores: dict[str, Any]) -> dict[str, float]:
@@ -470,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
         "IRM vs IF": spearman(columns["IRM"], columns["IF (TIF's score, exact, full V)"]),
         "LossDiff vs IRM": spearman(columns["LossDiff"], columns["IRM"]),
     }
-    trained = train_eval(args, ctx, split, fusion.selected or [], warm_dir, timer) if args.train_eval else None
+    warm_s = step_times(scores).get("dpo_pool")
+    trained = train_eval(args, ctx, split, fusion.selected or [], warm_dir, warm_s, timer) if args.train_eval else None
+    compared = compare_models(args, ctx, split, scores, timer) if args.compare_model else None
 
     device = "cpu" if base.device.type == "cpu" else "gpu"
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"preference-influence-{device}.md"
@@ -540,15 +619,47 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             "## DPO on the selections, evaluated on the test pairs",
             "",
-            "| training set | pairs | preference accuracy | mean margin | mean reward margin (beta m) |",
-            "|---|---|---|---|---|",
+            f"{len(split['test'])} test pairs; margin m = (log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-)), "
+            "reference = the adapter switched off; accuracy = share of pairs with m > 0.",
+            "",
+            "| training set | pairs | preference accuracy | mean margin | mean reward margin (beta m) "
+            "| train s | eval s |",
+            "|---|---|---|---|---|---|---|",
             *[
                 f"| {k} | {v['n_train']} | {fmt(v['accuracy'])} | {fmt(v['mean_margin'])} | "
-                f"{fmt(v['mean_reward_margin'])} |"
+                f"{fmt(v['mean_reward_margin'])} | {fmt(v['train_s'], 1)} | {fmt(v.get('eval_s'), 1)} |"
                 for k, v in trained.items()
             ],
             "",
-            "The full-pool model is the warm-up itself (one epoch of DPO on the whole pool, same settings).",
+            "The full-pool model is the warm-up itself (one epoch of DPO on the whole pool, same settings); its "
+            "train time is the scorers' `dpo_pool` step. The base model has no adapter, so its margin is 0 by "
+            "construction and its accuracy counts strict improvements only (a row for reference).",
+            "",
+        ]
+    if compared:
+        ov = compared["overlaps"]
+        lines += [
+            f"## Is preference-data quality a property of the model? Same pool scored by {args.compare_model}",
+            "",
+            f"Second model: {compared['model']}, same pool, validation pairs, options and LoRA; its own DPO warm-up "
+            f"and theta_val. Its tokenizer truncated {compared['truncated']} pool pairs at {args.max_length} tokens; "
+            f"TRL dropped {compared['trl']['dpo_pool']['n_dropped']} / truncated "
+            f"{compared['trl']['dpo_pool']['n_truncated']} pool pairs.",
+            "",
+            f"| score | Spearman, {base.source} vs {args.compare_model} |",
+            "|---|---|",
+            *[f"| {k} | {fmt(v)} |" for k, v in compared["rho"].items()],
+            "",
+            "| selection | pairs (first model) | pairs (second) | shared | Jaccard | expected shared by chance |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {k} | {v['n_a']} | {v['n_b']} | {v['shared']} | {fmt(v['jaccard'])} | {v['chance']:.1f} |"
+                for k, v in ov.items()
+            ],
+            "",
+            "Shared steps of the second model (seconds): "
+            + ", ".join(f"{k} {v}" for k, v in compared["steps"].items())
+            + ".",
             "",
         ]
     lines += [
@@ -571,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             "correlations": corr,
             "overlaps": overlaps,
             "trained": trained,
+            "compared": compared,
             "stages": timer.stages,
             "split": split_facts,
         },

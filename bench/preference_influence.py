@@ -324,15 +324,14 @@ def train_eval(
     timer: Timer,
 ) -> dict[str, Any]:
     """DPO on the fusion selection, on a random selection of the same size and on the full pool (the warm-up
-    itself), each scored by preference accuracy and mean margin on the test pairs; `base` is the model before
-    any DPO. Training and evaluation results are cached (``timing.json`` keeps the seconds they took)."""
+    itself), each scored by preference accuracy and mean margin on the test pairs. Training and
+    evaluation results are cached (``timing.json`` keeps the seconds they took)."""
     from gradsift.evaluate.tasks import ScoringSettings, evaluate_preference
     from gradsift.train.dpo import train_dpo
 
     rng = np.random.default_rng(args.seed + 2)
     random_rows = sorted(rng.choice(len(split["pool"]), len(fusion_rows), replace=False).tolist())
     runs: dict[str, list[int] | None] = {
-        "base": [],
         "fusion": sorted(fusion_rows),
         "random": random_rows,
         "full": None,
@@ -349,9 +348,6 @@ def train_eval(
         if rows is None:
             model, adapter, n = load_adapter(lm.model, warm_dir, trainable=False), warm_dir, len(split["pool"])
             run_dir, train_s = root / f"full-{adapter_digest(warm_dir)}", warm_seconds
-        elif not rows:
-            model, adapter, n, train_s = lm.model, None, 0, 0.0
-            run_dir = root / f"base-{lm.fingerprint}"
         else:
             pairs = [split["pool"][r] for r in rows]
             run_dir = root / f"{name}-{fingerprint(pairs)}"
@@ -378,6 +374,7 @@ def train_eval(
             result = evaluate_preference(model, lm.tokenizer, split["test"], beta=args.beta, settings=settings)
             record = {k: result["metrics"][k] for k in ("accuracy", "mean_margin", "mean_reward_margin")}
             record["eval_s"] = round(time.perf_counter() - t, 1)
+            eval_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(eval_path, record)
         timer.stage(f"eval_{name}", t)
         out[name] = {"n_train": n, "adapter": str(adapter) if adapter else None, "train_s": train_s, **record}
@@ -632,8 +629,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "",
             "The full-pool model is the warm-up itself (one epoch of DPO on the whole pool, same settings); its "
-            "train time is the scorers' `dpo_pool` step. The base model has no adapter, so its margin is 0 by "
-            "construction and its accuracy counts strict improvements only (a row for reference).",
+            "train time is the scorers' `dpo_pool` step. The base model has margin 0 on every pair by construction "
+            "(it is its own reference), so chance level is accuracy 0.5 and margin 0.",
             "",
         ]
     if compared:

@@ -347,7 +347,13 @@ def train_eval(
         timing_path: Path | None = None
         if rows is None:
             model, adapter, n = load_adapter(lm.model, warm_dir, trainable=False), warm_dir, len(split["pool"])
-            run_dir, train_s = root / f"full-{adapter_digest(warm_dir)}", warm_seconds
+            run_dir = root / f"full-{adapter_digest(warm_dir)}"
+            timing_path = run_dir / "timing.json"
+            if not timing_path.exists() and warm_seconds is not None:
+                # the scorers' record of this run: the warm-up's training time only on the run that trained it
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(timing_path, {"train_s": warm_seconds})
+            train_s = json.loads(timing_path.read_text())["train_s"] if timing_path.exists() else None
         else:
             pairs = [split["pool"][r] for r in rows]
             run_dir = root / f"{name}-{fingerprint(pairs)}"

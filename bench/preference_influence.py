@@ -109,14 +109,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Timer:
-    """Seconds per stage, in order."""
+    """Seconds per stage, in order; with `record`, also the longest time each stage has taken for these settings
+    (the run that computed it rather than one that read it from the cache), kept in a JSON file."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: Path | None = None) -> None:
         self.stages: dict[str, float] = {}
+        self.record = record
+        self.computed: dict[str, float] = json.loads(record.read_text()) if record and record.exists() else {}
 
     def stage(self, name: str, start: float) -> None:
         self.stages[name] = round(time.perf_counter() - start, 1)
         log.info("stage %s: %.1f s", name, self.stages[name])
+        self.computed[name] = max(self.computed.get(name, 0.0), self.stages[name])
+        if self.record is not None:
+            write_json_atomic(self.record, self.computed)
 
 
 def split_pairs(args: argparse.Namespace, tokenizer: Any) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
@@ -456,9 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     started = datetime.now(UTC)
-    timer = Timer()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
+    run_key = {
+        k: getattr(args, k)
+        for k in ("data", "model", "pool", "val", "test", "max_length", "sample", "val_subset", "step_size")
+        + ("beta", "band", "val_init", "lr", "batch", "seed", "compare_model")
+    }
+    run_tag = hashlib.sha256(json.dumps(run_key, sort_keys=True, default=list).encode()).hexdigest()[:12]
+    timer = Timer(cache / f"stage-times-{run_tag}.json")
 
     t = time.perf_counter()
     settings = ModelSettings(model=args.model, device=args.device)
@@ -550,10 +562,16 @@ def main(argv: list[str] | None = None) -> int:
         "IRM vs IF": spearman(columns["IRM"], columns["IF (TIF's score, exact, full V)"]),
         "LossDiff vs IRM": spearman(columns["LossDiff"], columns["IRM"]),
     }
-    warm_s = step_times(scores).get("dpo_pool")
+    warm_s = timer.computed.get("step:dpo_pool") or step_times(scores).get("dpo_pool")
     trained = train_eval(args, ctx, split, fusion.selected or [], warm_dir, warm_s, timer) if args.train_eval else None
     compared = compare_models(args, ctx, split, scores, timer) if args.compare_model else None
 
+    shared_steps = {}
+    for k, v in step_times(scores).items():
+        shared_steps[k] = timer.computed[f"step:{k}"] = max(timer.computed.get(f"step:{k}", 0.0), v)
+    shared_steps.update({k[5:]: v for k, v in timer.computed.items() if k.startswith("step:")})
+    if timer.record is not None:
+        write_json_atomic(timer.record, timer.computed)
     device = "cpu" if base.device.type == "cpu" else "gpu"
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"preference-influence-{device}.md"
     if args.quick and not args.out:
@@ -666,14 +684,17 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     lines += [
-        "## Time per stage (seconds, this run; cached stages show the time to reuse them)",
+        "## Time per stage (seconds)",
         "",
-        "| stage | s |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in timer.stages.items()],
+        "`computed`: the longest time the stage took with these settings, i.e. in the run that computed it "
+        f"(kept in `{timer.record}`); `this run`: the time now, short where the stage was read from the cache.",
         "",
-        "Shared steps inside the scorers (seconds, the longest of the four scorers' records): "
-        + ", ".join(f"{k} {v}" for k, v in step_times(scores).items())
+        "| stage | computed | this run |",
+        "|---|---|---|",
+        *[f"| {k} | {timer.computed.get(k, v)} | {v} |" for k, v in timer.stages.items()],
+        "",
+        "Shared steps inside the scorers (seconds when computed, the longest of the four scorers' records): "
+        + ", ".join(f"{k} {v}" for k, v in shared_steps.items())
         + ".",
         "",
     ]

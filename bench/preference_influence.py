@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     run_key = {
         k: getattr(args, k)
         for k in ("data", "model", "pool", "val", "test", "max_length", "sample", "val_subset", "step_size")
-        + ("beta", "band", "val_init", "lr", "batch", "seed", "compare_model")
+        + ("beta", "band", "val_init", "lr", "batch", "seed")
     }
     run_tag = hashlib.sha256(json.dumps(run_key, sort_keys=True, default=list).encode()).hexdigest()[:12]
     timer = Timer(cache / f"stage-times-{run_tag}.json")

@@ -22,13 +22,15 @@ import platform
 import random
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from gradsift.data.load import load_examples
-from gradsift.data.records import Kind
+from gradsift.data.records import Kind, fingerprint
 from gradsift.data.tokenize import encode_messages
 from gradsift.model.load import ModelSettings, load_model
 from gradsift.pipeline import SelectConfig, run_select
@@ -81,6 +83,23 @@ def bbh_targets(shared: Path, n: int) -> list[dict]:
     return rows
 
 
+def finished(cfg: SelectConfig, pool: Path, targets: Path) -> tuple[SimpleNamespace, dict] | None:
+    """A finished `run_select` output with these exact settings and data (its config.json is written last), so
+    that a rerun for the report does not recompute the scores that have no cache (IFD, loss)."""
+    path = Path(cfg.out) / "config.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    want = json.loads(json.dumps(asdict(cfg), default=str))
+    same_data = saved["data"]["pool"]["fingerprint"] == fingerprint(load_examples(pool)) and saved["data"]["targets"][
+        "fingerprint"
+    ] == fingerprint(load_examples(targets, kind=Kind.TARGET))
+    if saved["settings"] != want or not same_data:
+        return None
+    res = SimpleNamespace(out=Path(cfg.out), budget=saved["budget"], summary=saved["task_shares"])
+    return res, saved
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", default="../shared/data")
@@ -117,11 +136,18 @@ def main() -> int:
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs = {}
+    reused: list[str] = []
     for name, targets, methods in [("gsm8k", gsm, args.methods.split(",")), ("bbh", bbh, ["less", "bids"])]:
         t = time.perf_counter()
-        res = run_select(
-            SelectConfig(targets=str(targets), out=str(cache / f"select-{name}"), methods=methods, **common)
-        )
+        select_cfg = SelectConfig(targets=str(targets), out=str(cache / f"select-{name}"), methods=methods, **common)
+        done = finished(select_cfg, pool, targets)
+        if done is not None:
+            res, cfg = done
+            print(f"{name}: reusing the finished selection in {res.out}", file=sys.stderr, flush=True)
+            runs[name] = (res, cfg, cfg["timings_s"].get("total", float("nan")))
+            reused.append(name)
+            continue
+        res = run_select(select_cfg)
         cfg = json.loads((res.out / "config.json").read_text())
         runs[name] = (res, cfg, time.perf_counter() - t)
         print(f"{name}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
@@ -161,18 +187,41 @@ def main() -> int:
         "",
         f"## Part 2: BBH targets, {len(BBH_TASKS)} tasks x {args.n_bbh}",
         "",
-        "Per-task best-influence coverage (mean over a task's targets of the best influence among the "
-        "selected; share of its targets whose best pool candidate is selected):",
+        "Per-task coverage of each selection, in z-scores of the influence matrix's columns (each target's "
+        "influences standardised over the pool, BIDS' normalisation), so the three tasks compare: `best` = mean over "
+        "the task's targets of the best selected influence; `mean` = mean over the task's targets of the mean "
+        "influence of the selected rows; `recall` = mean over the task's targets of the share of that target's "
+        f"{res_b.budget} most influential candidates that are selected.",
         "",
-        "| task | BIDS best influence | LESS best influence | BIDS covered | LESS covered |",
-        "| --- | --- | --- | --- | --- |",
+        "| task | BIDS best | LESS best | BIDS mean | LESS mean | BIDS recall | LESS recall |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     info = cfg_b["methods"]["bids"]
-    for cb, cl in zip(info["coverage"], info["coverage_less_task_max"], strict=True):
+    cov_b, cov_l = info["coverage"], info["coverage_less_task_max"]
+    for cb, cl in zip(cov_b, cov_l, strict=True):
         lines.append(
-            f"| {cb['task']} | {cb['best_influence']:.4g} | {cl['best_influence']:.4g} | "
-            f"{cb['covered']:.0%} | {cl['covered']:.0%} |"
+            f"| {cb['task']} | {cb['best_influence']:.3f} | {cl['best_influence']:.3f} | "
+            f"{cb['mean_influence']:.3f} | {cl['mean_influence']:.3f} | {cb['top_recall']:.1%} | "
+            f"{cl['top_recall']:.1%} |"
         )
+
+    def spread(cov: list[dict], key: str) -> float:
+        return max(c[key] for c in cov) - min(c[key] for c in cov)
+
+    lines += [
+        "",
+        "Balance (max minus min over the three tasks; smaller is more balanced): "
+        f"mean influence BIDS {spread(cov_b, 'mean_influence'):.3f} vs LESS {spread(cov_l, 'mean_influence'):.3f}; "
+        f"recall BIDS {spread(cov_b, 'top_recall'):.1%} vs LESS {spread(cov_l, 'top_recall'):.1%}. "
+        f"Worst-served task's mean influence: BIDS {min(c['mean_influence'] for c in cov_b):.3f}, "
+        f"LESS {min(c['mean_influence'] for c in cov_l):.3f}. Share of targets whose single best candidate is "
+        "selected: "
+        + ", ".join(
+            f"{cb['task']} BIDS {cb['covered']:.0%} / LESS {cl['covered']:.0%}"
+            for cb, cl in zip(cov_b, cov_l, strict=True)
+        )
+        + ".",
+    ]
     lines += [
         "",
         "Selected rows per pool task:",
@@ -184,6 +233,12 @@ def main() -> int:
         sh = res_b.summary[m]
         lines.append(f"| {m} | " + " | ".join(str(sh[t]["n_selected"]) for t in sorted(sh)) + " |")
     lines += ["", f"Part 2 wall time {t_b:.0f} s (features shared with part 1 where the checkpoints match)."]
+    if reused:
+        lines += [
+            "",
+            f"Read from finished selections with the same settings and data (their config.json, written when they "
+            f"were computed; times above are those of that run): {', '.join(reused)}.",
+        ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, "\n".join(lines) + "\n")

@@ -181,9 +181,14 @@ def test_coverage_by_hand():
     assert [(c.task, c.n_targets) for c in cov] == [("a", 2), ("b", 1)]
     assert [c.best_influence for c in cov] == [2.5, 1.0]
     assert [c.covered for c in cov] == [1.0, 0.0]
+    # mean over selected rows per target: [2.5, 0.5, 0.5] -> a: 1.5, b: 0.5; each target's top-2 usable rows:
+    # t0 {0, 1}, t1 {1, then 0 or 2 tied at 0} (the tie counts both: 2 of 2), t2 {2, 1} -> recall [1, 1, 0.5]
+    assert [c.mean_influence for c in cov] == [1.5, 0.5]
+    assert [c.top_recall for c in cov] == [1.0, 0.5]
     cov = coverage(a, tasks, [2])
     assert [c.best_influence for c in cov] == [0.0, 3.0]
     assert [c.covered for c in cov] == [0.0, 1.0]
+    assert [c.top_recall for c in cov] == [0.0, 1.0]
     with pytest.raises(ValueError, match="empty selection"):
         coverage(a, tasks, [])
     with pytest.raises(ValueError, match="non-finite"):
@@ -209,3 +214,21 @@ def test_bids_balances_tasks_where_task_max_does_not():
     assert set(bids.indices) & set(range(50, 60))
     z = zscore_columns(a)
     assert coverage(z, tasks, bids.indices)[1].covered > coverage(z, tasks, less.indices)[1].covered
+    assert coverage(z, tasks, bids.indices)[1].top_recall > coverage(z, tasks, less.indices)[1].top_recall
+
+
+def test_coverage_recall_matches_a_sort_per_column_in_any_chunking():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(40, 5))
+    bad = np.zeros(40, dtype=bool)
+    bad[[3, 17]] = True
+    sel = [0, 5, 9, 22, 30, 31]
+    ok = np.flatnonzero(~bad)
+    want = []
+    for j in range(5):
+        top = set(ok[np.argsort(-a[ok, j])][: len(sel)].tolist())
+        want.append(len(top & set(sel)) / len(sel))
+    for rows in (None, 1, 4, 7):
+        cov = coverage(a, None, sel, bad=bad, chunk_rows=rows)
+        assert cov[0].top_recall == pytest.approx(np.mean(want))
+        assert cov[0].mean_influence == pytest.approx(a[sel].mean(axis=0).mean())

@@ -305,13 +305,15 @@ class BidsScorer:
         cands, tgts, weights, bad = less_inputs(ctx)
         a = influence_matrix(cands, tgts, weights, normalize=True, bad=bad)
         sel = bids_select(a, ctx.budget, bad=bad, normalize=normalize)
+        z = zscore_columns(a, bad)
         # The score column: BIDS' first-step criterion, the best z-scored influence of each candidate.
-        score = zscore_columns(a, bad).max(axis=1).astype(np.float64)
+        score = z.max(axis=1).astype(np.float64)
         tasks = [t.task for t in targets]
-        cov = coverage(a, tasks, sel.indices, bad=bad)
+        # Coverage in z-scored units, so that tasks whose raw influences differ in scale compare.
+        cov = coverage(z, tasks, sel.indices, bad=bad)
         # LESS's own selection from the same matrix, for the balance comparison BIDS is about
         less_sel = aggregate_select(a, tasks, ctx.budget, "task-max", bad=bad)
-        cov_less = coverage(a, tasks, less_sel.indices, bad=bad)
+        cov_less = coverage(z, tasks, less_sel.indices, bad=bad)
         return Scores(
             score=score,
             selected=sel.indices,

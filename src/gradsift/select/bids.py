@@ -204,12 +204,18 @@ class TaskCoverage:
             influential selected candidate on j.
         covered: Fraction of the task's targets j whose most influential usable candidate in the whole pool
             is selected: ``max_{i in S} A_ij == max_{i usable} A_ij`` (ties count as covered).
+        mean_influence: Mean over the task's targets j of ``mean_{i in S} A_ij``, how much the selection as a
+            whole serves the task (unlike `best_influence`, it does not saturate once one good row is in).
+        top_recall: Mean over the task's targets j of the share of j's ``|S|`` most influential usable
+            candidates that are selected (1 when S is exactly j's own top list).
     """
 
     task: Hashable
     n_targets: int
     best_influence: float
     covered: float
+    mean_influence: float
+    top_recall: float
 
 
 def coverage(
@@ -249,19 +255,30 @@ def coverage(
     if not ok[sel].all():
         raise ValueError(f"selected rows {sel[~ok[sel]].tolist()[:10]} are bad or have non-finite influences")
     rows = _rows_per_chunk(m, chunk_rows)
-    pool_best = np.full(m, -np.inf)
+    k = len(sel)
+    # Running top-k values of each column over the usable rows: [<=k, M], merged chunk by chunk.
+    top = np.empty((0, m))
     for start in range(0, n, rows):
         block = np.asarray(a[start : start + rows], dtype=np.float64)[ok[start : start + rows]]
         if len(block):
-            pool_best = np.maximum(pool_best, block.max(axis=0))
-    sel_best = np.asarray(a[sel], dtype=np.float64).max(axis=0)
+            both = np.concatenate([top, block])
+            top = -np.partition(-both, k - 1, axis=0)[:k] if len(both) > k else both
+    pool_best = top.max(axis=0)
+    kth = top.min(axis=0)  # the k-th largest influence of each column (fewer usable rows: the smallest)
+    chosen = np.asarray(a[sel], dtype=np.float64)
+    sel_best = chosen.max(axis=0)
     hit = sel_best >= pool_best
+    # Ties at the k-th value can put more than k rows at or above it; a recall cannot exceed 1.
+    recall = np.minimum((chosen >= kth).sum(axis=0), min(k, int(ok.sum()))) / min(k, int(ok.sum()))
+    mean_sel = chosen.mean(axis=0)
     return [
         TaskCoverage(
             task=name,
             n_targets=int((groups.index == t).sum()),
             best_influence=float(sel_best[groups.index == t].mean()),
             covered=float(hit[groups.index == t].mean()),
+            mean_influence=float(mean_sel[groups.index == t].mean()),
+            top_recall=float(recall[groups.index == t].mean()),
         )
         for t, name in enumerate(groups.names)
     ]

@@ -91,6 +91,7 @@ def finished(cfg: SelectConfig, pool: Path, targets: Path) -> tuple[SimpleNamesp
         return None
     saved = json.loads(path.read_text())
     want = json.loads(json.dumps(asdict(cfg), default=str))
+    want.pop("overwrite"), saved["settings"].pop("overwrite", None)  # not a setting of the result
     same_data = saved["data"]["pool"]["fingerprint"] == fingerprint(load_examples(pool)) and saved["data"]["targets"][
         "fingerprint"
     ] == fingerprint(load_examples(targets, kind=Kind.TARGET))

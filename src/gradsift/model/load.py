@@ -160,7 +160,9 @@ def _assemble_gguf(spec: BuiltinModel) -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     except (ImportError, FileNotFoundError, AttributeError) as e:
-        raise FileNotFoundError(f"built-in model '{spec.name}': cannot assemble its GGUF file ({e}); {spec.pip}") from None
+        raise FileNotFoundError(
+            f"built-in model '{spec.name}': cannot assemble its GGUF file ({e}); {spec.pip}"
+        ) from None
     return target
 
 
@@ -176,8 +178,8 @@ def _load_gguf(gguf_path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     # training and save_pretrained fail; drop it.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     return model, tokenizer
 
 

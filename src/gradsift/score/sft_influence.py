@@ -200,7 +200,7 @@ def features(
         k_in=_int(ctx, "k_in", 16),
         k_out=_int(ctx, "k_out", 16),
         projection_seed=ctx.seed,
-        reduction=reduction,
+        reduction=reduction,  # type: ignore[arg-type]
         max_length=ctx.max_length,
         batch_tokens=ctx.batch_tokens,  # type: ignore[arg-type]
         store_dtype=_opt(ctx, "store_dtype", "float16"),

@@ -193,6 +193,30 @@ def flat_grad(model: Any, params: list[torch.nn.Parameter], batches: list[dict[s
     return torch.cat([t.flatten() for t in total]), loss_sum
 
 
+def pool_context(
+    args: argparse.Namespace,
+    pairs: list[Pair],
+    workdir: Path,
+    settings: ModelSettings,
+    model: LoadedModel,
+    options: dict[str, Any],
+) -> ScoreContext:
+    """A fresh scoring context for the preference scorers on `pairs` with `model` (its copies from `settings`)."""
+    return ScoreContext(
+        pool=[],
+        targets=[],
+        pairs=pairs,
+        workdir=workdir,
+        seed=args.seed,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        load_model=lambda: load_model(settings),
+        options=options,
+        budget=0,
+        _model=model,
+    )
+
+
 def run_scorers(ctx: ScoreContext, timer: Timer, prefix: str = "") -> dict[str, Any]:
     results = {}
     for name, scorer in (
@@ -350,7 +374,6 @@ def train_eval(
     for name, rows in runs.items():
         t = time.perf_counter()
         lm = ctx.fresh_model()
-        timing_path: Path | None = None
         if rows is None:
             model, adapter, n = load_adapter(lm.model, warm_dir, trainable=False), warm_dir, len(split["pool"])
             run_dir = root / f"full-{adapter_digest(warm_dir)}"
@@ -359,7 +382,6 @@ def train_eval(
                 # the scorers' record of this run: the warm-up's training time only on the run that trained it
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(timing_path, {"train_s": warm_seconds})
-            train_s = json.loads(timing_path.read_text())["train_s"] if timing_path.exists() else None
         else:
             pairs = [split["pool"][r] for r in rows]
             run_dir = root / f"{name}-{fingerprint(pairs)}"
@@ -376,7 +398,7 @@ def train_eval(
             model, adapter, n = res.model, res.adapter_dir, len(pairs)
             if fresh:
                 write_json_atomic(timing_path, {"train_s": round(time.perf_counter() - t, 1)})
-            train_s = json.loads(timing_path.read_text())["train_s"] if timing_path.exists() else None
+        train_s = json.loads(timing_path.read_text())["train_s"] if timing_path.exists() else None
         timer.stage(f"train_{name}", t)
         t = time.perf_counter()
         eval_path = run_dir / f"eval-{test_tag}-{args.beta:g}.json"
@@ -389,7 +411,7 @@ def train_eval(
             eval_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(eval_path, record)
         timer.stage(f"eval_{name}", t)
-        out[name] = {"n_train": n, "adapter": str(adapter) if adapter else None, "train_s": train_s, **record}
+        out[name] = {"n_train": n, "adapter": str(adapter), "train_s": train_s, **record}
     return out
 
 
@@ -402,19 +424,8 @@ def compare_models(
     second = load_model(settings)
     timer.stage("compare_load", t)
     tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.compare_model)
-    ctx2 = ScoreContext(
-        pool=[],
-        targets=[],
-        pairs=split["pool"],
-        workdir=Path(args.cache) / f"score-{tag}",
-        seed=args.seed,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        load_model=lambda: load_model(settings),
-        options={**ctx.options, "dpo_config": dict(ctx.options["dpo_config"])},
-        budget=0,
-        _model=second,
-    )
+    options = {**ctx.options, "dpo_config": dict(ctx.options["dpo_config"])}
+    ctx2 = pool_context(args, split["pool"], Path(args.cache) / f"score-{tag}", settings, second, options)
     other = run_scorers(ctx2, timer, prefix=f"{tag}_")
     cols = {
         "IF": ("tif", "if"),
@@ -489,26 +500,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     if base.device.type == "cpu":
         dpo_config["use_cpu"] = True
-    ctx = ScoreContext(
-        pool=[],
-        targets=[],
-        pairs=split["pool"],
-        workdir=cache / "score",
-        seed=args.seed,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        load_model=lambda: load_model(settings),
-        options={
-            "validation": split["val"],
-            "beta": args.beta,
-            "band_lo": args.band[0],
-            "band_hi": args.band[1],
-            "val_init": args.val_init,
-            "dpo_config": dpo_config,
-        },
-        budget=0,
-        _model=base,
-    )
+    options = {
+        "validation": split["val"],
+        "beta": args.beta,
+        "band_lo": args.band[0],
+        "band_hi": args.band[1],
+        "val_init": args.val_init,
+        "dpo_config": dpo_config,
+    }
+    ctx = pool_context(args, split["pool"], cache / "score", settings, base, options)
     scores = run_scorers(ctx, timer)
     steps = PreferenceSteps(ctx, PreferenceOptions.from_options(ctx.options), "bench")
     warm_dir = steps.warmup

@@ -91,7 +91,9 @@ def finished(cfg: SelectConfig, pool: Path, targets: Path) -> tuple[SimpleNamesp
         return None
     saved = json.loads(path.read_text())
     want = json.loads(json.dumps(asdict(cfg), default=str))
-    want.pop("overwrite"), saved["settings"].pop("overwrite", None)  # not a setting of the result
+    # overwrite is not a setting of the result (and config.json does not keep it)
+    want.pop("overwrite")
+    saved["settings"].pop("overwrite", None)
     same_data = saved["data"]["pool"]["fingerprint"] == fingerprint(load_examples(pool)) and saved["data"]["targets"][
         "fingerprint"
     ] == fingerprint(load_examples(targets, kind=Kind.TARGET))

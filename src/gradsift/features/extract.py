@@ -144,7 +144,8 @@ class FeatureConfig:
         return self.projector
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """First 16 hex digits of a file's SHA-256, read in 1 MiB blocks (cache keys for checkpoint files)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -158,7 +159,7 @@ def _dir_digest(path: str | None, pattern: str) -> str | None:
     files = sorted(Path(path).glob(pattern))
     if not files:
         raise FileNotFoundError(f"{path}: no {pattern}")
-    return hashlib.sha256("".join(_file_digest(f) for f in files).encode()).hexdigest()[:16]
+    return hashlib.sha256("".join(file_digest(f) for f in files).encode()).hexdigest()[:16]
 
 
 def read_records(cfg: FeatureConfig) -> list[Example] | list[Pair]:

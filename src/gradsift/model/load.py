@@ -147,8 +147,6 @@ def _assemble_gguf(spec: BuiltinModel) -> Path:
     target = cache_dir() / "gguf" / spec.gguf_file
     if target.is_file():
         return target
-    import importlib
-
     try:
         assemble = importlib.import_module(spec.package).assemble
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,7 @@ from tqdm.auto import tqdm
 from gradsift.data.load import load_pairs
 from gradsift.data.records import Pair, fingerprint
 from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_pairs
+from gradsift.features.extract import file_digest
 from gradsift.features.grads import pair_groups
 from gradsift.model.load import LoadedModel
 from gradsift.model.lora import LoraSettings, load_adapter
@@ -374,20 +375,12 @@ def _key(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def adapter_digest(adapter_dir: Path) -> str:
     """Content hash of a saved adapter's weights (what a cache built on that adapter depends on)."""
     files = sorted(adapter_dir.glob("adapter_model.*"))
     if not files:
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.* file")
-    return _key([_file_digest(f) for f in files])
+    return _key([file_digest(f) for f in files])
 
 
 @torch.no_grad()

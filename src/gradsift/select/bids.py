@@ -269,7 +269,8 @@ def coverage(
     sel_best = chosen.max(axis=0)
     hit = sel_best >= pool_best
     # Ties at the k-th value can put more than k rows at or above it; a recall cannot exceed 1.
-    recall = np.minimum((chosen >= kth).sum(axis=0), min(k, int(ok.sum()))) / min(k, int(ok.sum()))
+    top_n = min(k, int(ok.sum()))  # the length of each column's top list
+    recall = np.minimum((chosen >= kth).sum(axis=0), top_n) / top_n
     mean_sel = chosen.mean(axis=0)
     return [
         TaskCoverage(

@@ -75,6 +75,7 @@ from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_exam
 from gradsift.features.extract import FeatureConfig, extract_features
 from gradsift.features.grads import LayerFactors, LoraGradients
 from gradsift.features.projection import FactorizedProjector
+from gradsift.machine import cpu_name
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import LoraSettings, attach_lora, load_adapter
 from gradsift.model.task import SFTTask
@@ -440,20 +441,10 @@ def gram_error(approx: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]
 # ------------------------------------------------------------------------------------------------ report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine(device: torch.device) -> list[str]:
     lines = [
         f"- Platform: {platform.platform()}, Python {platform.python_version()}",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, "
+        f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch threads: {torch.get_num_threads()}",
         f"- torch {torch.__version__}",
     ]

@@ -41,6 +41,7 @@ import torch
 from gradsift.data.load import load_pairs, write_records
 from gradsift.data.records import Pair, fingerprint
 from gradsift.data.tokenize import bucket_batches, collate, encode_pairs
+from gradsift.machine import cpu_name
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import load_adapter
 from gradsift.model.task import DPOTask
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Preference data selection: TIF, LossDiff, IRM and fusion against the actual effect of a training step",
         "",
         f"- Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- Machine: {platform.platform()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
+        f"- Machine: {platform.platform()}, {cpu_name()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), device {base.device}",
         f"- Date: {started.isoformat(timespec='seconds')} to {datetime.now(UTC).isoformat(timespec='seconds')}",
         f"- Model: {base.source} ({base.fingerprint}), LoRA {PreferenceOptions().lora.as_dict()}",

@@ -32,6 +32,7 @@ import torch
 from gradsift.data.load import load_examples
 from gradsift.data.records import Kind, fingerprint
 from gradsift.data.tokenize import encode_messages
+from gradsift.machine import cpu_name
 from gradsift.model.load import ModelSettings, load_model
 from gradsift.pipeline import SelectConfig, run_select
 from gradsift.store.atomic import write_text_atomic
@@ -160,7 +161,7 @@ def main() -> int:
         "",
         f"- command: `python {' '.join(sys.argv)}`",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.platform()}, "
-        f"{torch.get_num_threads()} threads, device {device}, torch {torch.__version__}",
+        f"{cpu_name()}, {torch.get_num_threads()} threads, device {device}, torch {torch.__version__}",
         f"- pool: {args.n_pool} examples (half FLAN-CoT, {len(FLAN_TASKS)} tasks equally; half Alpaca), "
         f"max {args.max_length} tokens; budget {args.budget}; warm-up {args.warmup_epochs} epochs on 5% "
         f"(LESS), dense projection k={args.dim} for LESS/BIDS, factorized for PRISM; built-in SmolLM2-135M-Instruct",

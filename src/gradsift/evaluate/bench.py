@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
 import sys
@@ -72,6 +71,7 @@ from gradsift.evaluate.selector_metrics import (
     gradsift_feasibility,
 )
 from gradsift.evaluate.tasks import MCItem, TaskKind
+from gradsift.machine import machine_info
 from gradsift.model.load import DType, ModelSettings
 from gradsift.score.base import Method
 from gradsift.select.budget import Budget
@@ -964,42 +964,6 @@ class ReportData:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The run
-
-
-def machine_info() -> dict[str, str]:
-    """The machine the bench ran on, for the report."""
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "processor": _cpu_name(),
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory"] = f"{pages * size / 2**30:.0f} GiB"
-    except (ValueError, OSError, AttributeError):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    else:
-        info["gpu"] = "none (CPU only)"
-    import gradsift
-
-    info["gradsift"] = gradsift.__version__
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _say(msg: str) -> None:

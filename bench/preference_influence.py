@@ -239,6 +239,7 @@ def measure(
     ref_pool: np.ndarray,
     warm_dir: Path,
     timer: Timer,
+    prefix: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Actual validation-loss change after one SGD step on each sampled pair, appended to a JSONL as it goes."""
     t = time.perf_counter()
@@ -285,7 +286,7 @@ def measure(
         buf = io.BytesIO()
         np.savez(buf, g_sub=g_sub.numpy(), g_val=g_val.numpy(), ref_val=ref_val)
         write_bytes_atomic(grads_path, buf.getvalue())
-    timer.stage("exact_val_grads", t)
+    timer.stage(f"{prefix}exact_val_grads", t)
 
     t = time.perf_counter()
     sub_batches = pair_batches(lm, subset, args.max_length, args.batch_tokens, ref_val[: args.val_subset])
@@ -341,7 +342,7 @@ def measure(
             rec["predicted_delta"],
             time.perf_counter() - t1,
         )
-    timer.stage("actual_changes", t)
+    timer.stage(f"{prefix}actual_changes", t)
     return [done[r] for r in sample], {"base_loss": base_loss, "rows_file": str(rows_path), "key": key}
 
 
@@ -417,9 +418,18 @@ def train_eval(
 
 
 def compare_models(
-    args: argparse.Namespace, ctx: ScoreContext, split: dict[str, list[Pair]], scores: dict[str, Any], timer: Timer
+    args: argparse.Namespace,
+    ctx: ScoreContext,
+    split: dict[str, list[Pair]],
+    scores: dict[str, Any],
+    rows: list[dict[str, Any]],
+    timer: Timer,
 ) -> dict[str, Any]:
-    """Score the same pool with `args.compare_model` (same options, its own warm-up and theta_val) and compare."""
+    """Score the same pool with `args.compare_model` (same options, its own warm-up and theta_val) and compare.
+
+    Besides the scores, the second model gets the same actual-effect measurement on the same sampled pairs as the
+    first (`rows`), so the report can say whether a pair that helps one model helps the other.
+    """
     settings = ModelSettings(model=args.compare_model, device=args.device)
     t = time.perf_counter()
     second = load_model(settings)
@@ -442,15 +452,70 @@ def compare_models(
     overlaps = {
         k: {**overlap(a, b), "n_a": len(a), "n_b": len(b), "chance": len(a) * len(b) / n} for k, (a, b) in sel.items()
     }
+    steps2 = PreferenceSteps(ctx2, PreferenceOptions.from_options(ctx2.options), "bench")
+    rows2, _ = measure(args, ctx2, split, steps2.logps("reference", []), steps2.warmup, timer, prefix=f"{tag}_")
+    sample = np.array([r["row"] for r in rows])
+    dec1 = -np.array([r["delta"] for r in rows])
+    dec2 = -np.array([r["delta"] for r in rows2])
+    own, first = score_columns(other), score_columns(scores)
+    effects = {
+        "n": len(rows),
+        "rho": spearman(dec1, dec2),
+        "same_sign": int(np.sum(np.sign(dec1) == np.sign(dec2))),
+        "helps_first_hurts_second": int(np.sum((dec1 > 0) & (dec2 < 0))),
+        "hurts_first_helps_second": int(np.sum((dec1 < 0) & (dec2 > 0))),
+        "helps_first": int(np.sum(dec1 > 0)),
+        "helps_second": int(np.sum(dec2 > 0)),
+        # Each score against the second model's measured effect: its own, then the first model's.
+        "own": {k: spearman(v[sample], dec2) for k, v in own.items()},
+        "first": {k: spearman(v[sample], dec2) for k, v in first.items()},
+    }
+    # Kept apart from the first model's "step:" records; the longest time is the run that computed the step.
+    for k, v in step_times(other).items():
+        key = f"{tag}_step:{k}"
+        timer.computed[key] = max(timer.computed.get(key, 0.0), v)
+    steps = {k.split(":", 1)[1]: v for k, v in timer.computed.items() if k.startswith(f"{tag}_step:")}
     info = other["fusion"].info
     return {
+        "effects": effects,
         "model": f"{second.source} ({second.fingerprint})",
         "rho": rho,
         "overlaps": overlaps,
         "truncated": info["truncated_by_max_length"]["pool"]["n_truncated"],
         "trl": {k: info[k]["trl_counts"] for k in ("dpo_pool", "dpo_val")},
-        "steps": step_times(other),
+        "steps": steps,
     }
+
+
+def score_columns(scores: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The per-pair scores and band memberships compared with a measured effect, shape (n_pool,) each."""
+    return {
+        "IF": scores["tif"].columns["if"],
+        "LossDiff": scores["lossdiff"].columns["lossdiff"],
+        "IRM": scores["irm"].columns["irm"],
+        "TIF band membership (0/1)": scores["tif"].columns["in_band_if"].astype(float),
+        "fusion band membership (0/1)": scores["fusion"].columns["in_band"].astype(float),
+    }
+
+
+def effect_lines(e: dict[str, Any], first: str, args: argparse.Namespace) -> list[str]:
+    """Report lines: does a pair's measured effect on one model carry over to the other?"""
+    n = e["n"]
+    return [
+        f"### The measured effect of one step on a pair, on both models ({n} pairs)",
+        "",
+        f"The same {n} sampled pool pairs, the same one-pair SGD step (size {args.step_size}) from each model's own "
+        f"warm-up, the same {args.val_subset} validation pairs. Spearman of the two models' measured decreases of "
+        f"the validation loss: {fmt(e['rho'])}. Same sign on both models: {e['same_sign']} of {n}. A step on the "
+        f"pair lowers the validation loss for {e['helps_first']} pairs on {first} and {e['helps_second']} on "
+        f"{args.compare_model}; {e['helps_first_hurts_second']} pairs help the first and hurt the second, "
+        f"{e['hurts_first_helps_second']} the other way round.",
+        "",
+        f"| score | Spearman with {args.compare_model}'s measured decrease: its own score | {first}'s score |",
+        "|---|---|---|",
+        *[f"| {k} | {fmt(v)} | {fmt(e['first'][k])} |" for k, v in e["own"].items()],
+        "",
+    ]
 
 
 def step_times(scores: dict[str, Any]) -> dict[str, float]:
@@ -565,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     warm_s = timer.computed.get("step:dpo_pool") or step_times(scores).get("dpo_pool")
     trained = train_eval(args, ctx, split, fusion.selected or [], warm_dir, warm_s, timer) if args.train_eval else None
-    compared = compare_models(args, ctx, split, scores, timer) if args.compare_model else None
+    compared = compare_models(args, ctx, split, scores, rows, timer) if args.compare_model else None
 
     shared_steps = {}
     for k, v in step_times(scores).items():
@@ -679,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in ov.items()
             ],
             "",
-            "Shared steps of the second model (seconds): "
+            *effect_lines(compared["effects"], base.source, args),
+            "Shared steps of the second model (seconds when computed): "
             + ", ".join(f"{k} {v}" for k, v in compared["steps"].items())
             + ".",
             "",

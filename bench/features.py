@@ -52,7 +52,6 @@ import datetime
 import gc
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -75,7 +74,7 @@ from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_exam
 from gradsift.features.extract import FeatureConfig, extract_features
 from gradsift.features.grads import LayerFactors, LoraGradients
 from gradsift.features.projection import FactorizedProjector
-from gradsift.machine import cpu_name
+from gradsift.machine import machine_info
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import LoraSettings, attach_lora, load_adapter
 from gradsift.model.task import SFTTask
@@ -442,11 +441,12 @@ def gram_error(approx: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]
 
 
 def machine(device: torch.device) -> list[str]:
+    info = machine_info()
     lines = [
-        f"- Platform: {platform.platform()}, Python {platform.python_version()}",
-        f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch threads: {torch.get_num_threads()}",
-        f"- torch {torch.__version__}",
+        f"- Platform: {info['platform']}, Python {info['python']}",
+        f"- CPU: {info['processor']}, {info['cpus']} logical cores, {info.get('memory', 'unknown')} RAM; "
+        f"torch threads: {info['torch_threads']}",
+        f"- torch {info['torch']}",
     ]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

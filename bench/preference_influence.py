@@ -118,6 +118,16 @@ class Timer:
         self.record = record
         self.computed: dict[str, float] = json.loads(record.read_text()) if record and record.exists() else {}
 
+    def steps(self, scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
+        """Record the scorers' shared-step times (keys ``<prefix>step:<name>``, the longest kept) and return every
+        recorded one under `prefix`, those of earlier runs included (a cached step reports its reuse time)."""
+        for k, v in step_times(scores).items():
+            key = f"{prefix}step:{k}"
+            self.computed[key] = max(self.computed.get(key, 0.0), v)
+        if self.record is not None:
+            write_json_atomic(self.record, self.computed)
+        return {k.split(":", 1)[1]: v for k, v in self.computed.items() if k.startswith(f"{prefix}step:")}
+
     def stage(self, name: str, start: float) -> None:
         self.stages[name] = round(time.perf_counter() - start, 1)
         log.info("stage %s: %.1f s", name, self.stages[name])
@@ -438,12 +448,8 @@ def compare_models(
     options = {**ctx.options, "dpo_config": dict(ctx.options["dpo_config"])}
     ctx2 = pool_context(args, split["pool"], Path(args.cache) / f"score-{tag}", settings, second, options)
     other = run_scorers(ctx2, timer, prefix=f"{tag}_")
-    cols = {
-        "IF": ("tif", "if"),
-        "LossDiff": ("lossdiff", "lossdiff"),
-        "IRM": ("irm", "irm"),
-    }
-    rho = {k: spearman(scores[m].columns[c], other[m].columns[c]) for k, (m, c) in cols.items()}
+    first, own = score_columns(scores), score_columns(other)
+    rho = {k: spearman(first[k], own[k]) for k in (IF_LABEL, "LossDiff", "IRM")}
     sel = {
         "fusion": (scores["fusion"].selected or [], other["fusion"].selected or []),
         "TIF band": (scores["tif"].selected or [], other["tif"].selected or []),
@@ -457,7 +463,6 @@ def compare_models(
     sample = np.array([r["row"] for r in rows])
     dec1 = -np.array([r["delta"] for r in rows])
     dec2 = -np.array([r["delta"] for r in rows2])
-    own, first = score_columns(other), score_columns(scores)
     effects = {
         "n": len(rows),
         "rho": spearman(dec1, dec2),
@@ -470,11 +475,7 @@ def compare_models(
         "own": {k: spearman(v[sample], dec2) for k, v in own.items()},
         "first": {k: spearman(v[sample], dec2) for k, v in first.items()},
     }
-    # Kept apart from the first model's "step:" records; the longest time is the run that computed the step.
-    for k, v in step_times(other).items():
-        key = f"{tag}_step:{k}"
-        timer.computed[key] = max(timer.computed.get(key, 0.0), v)
-    steps = {k.split(":", 1)[1]: v for k, v in timer.computed.items() if k.startswith(f"{tag}_step:")}
+    steps = timer.steps(other, prefix=f"{tag}_")
     info = other["fusion"].info
     return {
         "effects": effects,
@@ -487,10 +488,13 @@ def compare_models(
     }
 
 
+IF_LABEL = "IF (TIF's score, exact, full V)"
+
+
 def score_columns(scores: dict[str, Any]) -> dict[str, np.ndarray]:
     """The per-pair scores and band memberships compared with a measured effect, shape (n_pool,) each."""
     return {
-        "IF": scores["tif"].columns["if"],
+        IF_LABEL: scores["tif"].columns["if"],
         "LossDiff": scores["lossdiff"].columns["lossdiff"],
         "IRM": scores["irm"].columns["irm"],
         "TIF band membership (0/1)": scores["tif"].columns["in_band_if"].astype(float),
@@ -585,11 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     decrease = -np.array([r["delta"] for r in rows])
     fusion, tif = scores["fusion"], scores["tif"]
     columns = {
-        "IF (TIF's score, exact, full V)": tif.columns["if"],
-        "LossDiff": scores["lossdiff"].columns["lossdiff"],
-        "IRM": scores["irm"].columns["irm"],
-        "TIF band membership (0/1)": tif.columns["in_band_if"].astype(float),
-        "fusion band membership (0/1)": fusion.columns["in_band"].astype(float),
+        **score_columns(scores),
         "LossDiff band membership (0/1)": fusion.columns["in_band_lossdiff"].astype(float),
         "IRM band membership (0/1)": fusion.columns["in_band_irm"].astype(float),
     }
@@ -624,20 +624,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     chance = n_fusion * len(tif.selected or []) / len(split["pool"])
     pool_corr = {
-        "LossDiff vs IF": spearman(columns["LossDiff"], columns["IF (TIF's score, exact, full V)"]),
-        "IRM vs IF": spearman(columns["IRM"], columns["IF (TIF's score, exact, full V)"]),
+        "LossDiff vs IF": spearman(columns["LossDiff"], columns[IF_LABEL]),
+        "IRM vs IF": spearman(columns["IRM"], columns[IF_LABEL]),
         "LossDiff vs IRM": spearman(columns["LossDiff"], columns["IRM"]),
     }
-    warm_s = timer.computed.get("step:dpo_pool") or step_times(scores).get("dpo_pool")
+    shared_steps = timer.steps(scores)
+    warm_s = shared_steps.get("dpo_pool")
     trained = train_eval(args, ctx, split, fusion.selected or [], warm_dir, warm_s, timer) if args.train_eval else None
     compared = compare_models(args, ctx, split, scores, rows, timer) if args.compare_model else None
 
-    shared_steps = {}
-    for k, v in step_times(scores).items():
-        shared_steps[k] = timer.computed[f"step:{k}"] = max(timer.computed.get(f"step:{k}", 0.0), v)
-    shared_steps.update({k[5:]: v for k, v in timer.computed.items() if k.startswith("step:")})
-    if timer.record is not None:
-        write_json_atomic(timer.record, timer.computed)
     device = "cpu" if base.device.type == "cpu" else "gpu"
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"preference-influence-{device}.md"
     if args.quick and not args.out:

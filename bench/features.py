@@ -7,7 +7,7 @@ iteration excluded from every timing:
     kernel (sources below): one forward and ``loss.backward()`` per example, the flattened ``p.grad``
     of the LoRA weights, and every 16 gradients a dense Rademacher projection to k = 8192 whose matrix
     is regenerated block by block from its seed on every call (trak's ``BasicProjector``).
-(b) ``gradsift``: :func:`gradsift.features.extract.extract_features` with its default settings
+(b) ``gradsift``: :func:`gradsift.gradients.extract.extract_features` with its default settings
     (factorized projector, length-bucketed batches, float16 store), end to end: LoRA adapter loading,
     tokenisation, gradients, projection and store writes. ``gradsift-engine`` is the same computation
     on pre-tokenised batches (:class:`LoraGradients` + :class:`FactorizedProjector` + ``bucket_batches``),
@@ -71,9 +71,9 @@ import torch
 from gradsift.data.load import load_examples
 from gradsift.data.records import Example
 from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_examples
-from gradsift.features.extract import FeatureConfig, extract_features
-from gradsift.features.grads import LayerFactors, LoraGradients
-from gradsift.features.projection import FactorizedProjector
+from gradsift.gradients.extract import FeatureConfig, extract_features
+from gradsift.gradients.grads import LayerFactors, LoraGradients
+from gradsift.gradients.projection import FactorizedProjector
 from gradsift.machine import machine_info
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import LoraSettings, attach_lora, load_adapter

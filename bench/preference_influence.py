@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradsift.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from gradsift.data.load import load_pairs, write_records
 from gradsift.data.records import Pair, fingerprint
 from gradsift.data.tokenize import bucket_batches, collate, encode_pairs
@@ -45,7 +46,7 @@ from gradsift.machine import cpu_name
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import load_adapter
 from gradsift.model.task import DPOTask
-from gradsift.score.base import ScoreContext
+from gradsift.recipes.base import ScoreContext
 from gradsift.score.preference import (
     FusionScorer,
     IRMScorer,
@@ -54,13 +55,11 @@ from gradsift.score.preference import (
     PreferenceSteps,
     TIFScorer,
     adapter_digest,
-    overlap,
     pair_logps,
     select_pairs,
-    spearman,
 )
-from gradsift.store.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from gradsift.train.dpo import pair_row, trl_pair_lengths
+from gradsift.stats import overlap, spearman
+from gradsift.training.dpo import pair_row, trl_pair_lengths
 
 log = logging.getLogger("preference_influence")
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,8 +367,8 @@ def train_eval(
     """DPO on the fusion selection, on a random selection of the same size and on the full pool (the warm-up
     itself), each scored by preference accuracy and mean margin on the test pairs. Training and
     evaluation results are cached (``timing.json`` keeps the seconds they took)."""
-    from gradsift.evaluate.tasks import ScoringSettings, evaluate_preference
-    from gradsift.train.dpo import train_dpo
+    from gradsift.evaluation.tasks import ScoringSettings, evaluate_preference
+    from gradsift.training.dpo import train_dpo
 
     rng = np.random.default_rng(args.seed + 2)
     random_rows = sorted(rng.choice(len(split["pool"]), len(fusion_rows), replace=False).tolist())

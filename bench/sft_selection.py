@@ -29,13 +29,13 @@ from types import SimpleNamespace
 
 import torch
 
+from gradsift.atomic import write_text_atomic
 from gradsift.data.load import load_examples
 from gradsift.data.records import Kind, fingerprint
 from gradsift.data.tokenize import encode_messages
 from gradsift.machine import cpu_name
 from gradsift.model.load import ModelSettings, load_model
 from gradsift.pipeline import SelectConfig, run_select
-from gradsift.store.atomic import write_text_atomic
 
 FLAN_TASKS = ["aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa"]
 BBH_TASKS = ["boolean_expressions", "date_understanding", "logical_deduction_three_objects"]

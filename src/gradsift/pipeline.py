@@ -13,7 +13,6 @@ import json
 import logging
 import platform
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +20,15 @@ from typing import Any, Literal
 import numpy as np
 
 from gradsift import __version__
+from gradsift.atomic import write_bytes_atomic, write_json_atomic
 from gradsift.data.load import load_examples, load_pairs, write_records
 from gradsift.data.records import Kind, fingerprint
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
-from gradsift.score.base import Method, ScoreContext, Scorer, Scores
-from gradsift.select.budget import Budget
-from gradsift.select.topk import top_k
-from gradsift.store.atomic import write_bytes_atomic, write_json_atomic
+from gradsift.recipes.base import Recipe, ScoreContext
+from gradsift.score.base import Method, Scores
+from gradsift.selection.budget import Budget
+from gradsift.selection.topk import top_k
+from gradsift.stats import task_shares
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class SelectResult:
     summary: dict[str, Any]
 
 
-def make_scorer(method: Method) -> Scorer:
+def make_scorer(method: Method) -> Recipe:
     """The scorer of a method."""
     from gradsift.score.embed import EmbedScorer
     from gradsift.score.ifd import IFDScorer
@@ -171,14 +172,6 @@ def _check_out(out: Path, cfg: SelectConfig) -> None:
             f"{out} holds a selection made with other settings ({', '.join(diff)} differ); "
             "pass --overwrite to replace it or choose another --out"
         )
-
-
-def task_shares(tasks: list[str | None], rows: list[int]) -> dict[str, dict[str, float]]:
-    """Share of each task label among `rows` and in the whole pool."""
-    pool = Counter(t or "(none)" for t in tasks)
-    sel = Counter(tasks[i] or "(none)" for i in rows)
-    n, k = len(tasks), max(len(rows), 1)
-    return {t: {"pool": pool[t] / n, "selected": sel.get(t, 0) / k, "n_selected": sel.get(t, 0)} for t in pool}
 
 
 def run_select(cfg: SelectConfig) -> SelectResult:

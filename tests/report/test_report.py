@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradsift.evaluate.bench import BenchmarkInfo, MethodSelection, PoolItem, ReportData
+from gradsift.evaluation.bench import BenchmarkInfo, MethodSelection, PoolItem, ReportData
 from gradsift.report.html import SECTIONS, render_html
 from gradsift.report.markdown import fmt, markdown_table, render_markdown, results_table, truncate
 from gradsift.report.plots import FIGURES, make_figures

@@ -19,7 +19,7 @@ from gradsift.data.tokenize import collate, encode_pairs
 from gradsift.model.load import ModelSettings, load_model
 from gradsift.model.lora import load_adapter
 from gradsift.model.task import DPOTask, sequence_logps
-from gradsift.score.base import ScoreContext
+from gradsift.recipes.base import ScoreContext
 from gradsift.score.preference import (
     DirectionSink,
     FusionScorer,
@@ -29,12 +29,12 @@ from gradsift.score.preference import (
     PreferenceSteps,
     TIFScorer,
     dpo_loss,
-    overlap,
     percentile_ranks,
     select_pairs,
 )
-from gradsift.select.band import percentile_band
-from gradsift.select.topk import top_k
+from gradsift.selection.band import percentile_band
+from gradsift.selection.topk import top_k
+from gradsift.stats import overlap
 
 torch.set_num_threads(1)
 
@@ -430,7 +430,7 @@ def test_fusion_without_tif(scored, model_dir):
 
 
 def test_direction_sink_refuses_a_direction_of_the_wrong_size(tiny_model):
-    from gradsift.features.grads import LoraGradients
+    from gradsift.gradients.grads import LoraGradients
     from gradsift.model.lora import LoraSettings, attach_lora
 
     grads = LoraGradients(attach_lora(tiny_model, LoraSettings()))

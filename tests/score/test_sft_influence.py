@@ -16,14 +16,14 @@ import pytest
 import torch
 from testkit import make_tiny_model, make_tiny_tokenizer
 
-import gradsift.evaluate.generate
-import gradsift.features.extract
-import gradsift.train.warmup
+import gradsift.evaluation.generate
+import gradsift.gradients.extract
+import gradsift.training.warmup
 from gradsift.data.demo import make_targets, write_demo_data
 from gradsift.data.load import load_examples
 from gradsift.data.records import Kind, fingerprint
 from gradsift.pipeline import SelectConfig, run_select
-from gradsift.select.bids import bids_select, coverage
+from gradsift.selection.bids import bids_select, coverage
 from gradsift.store.features import FeatureStore
 
 torch.set_num_threads(1)
@@ -180,7 +180,7 @@ def test_prism_generates_missing_rejected_once(nowarm, model_dir, data, tmp_path
     def no_generation(*args, **kwargs):
         raise AssertionError("the greedy y- was generated again")
 
-    monkeypatch.setattr(gradsift.evaluate.generate, "generate", no_generation)
+    monkeypatch.setattr(gradsift.evaluation.generate, "generate", no_generation)
     again = _run(model_dir, data, tmp_path / "again", cache, ["prism"], warmup="none")
     np.testing.assert_array_equal(again.scores["prism"].score, res.scores["prism"].score)
     # y- of another length is another y-: it is generated, not read from the first file
@@ -315,8 +315,8 @@ def test_second_run_reuses_warmup_and_feature_stores(warm, model_dir, data, tmp_
     def forbidden(*args, **kwargs):
         raise AssertionError("recomputed what the cache holds")
 
-    monkeypatch.setattr(gradsift.train.warmup, "make_sft_trainer", forbidden)
-    monkeypatch.setattr(gradsift.features.extract, "_fill", forbidden)
+    monkeypatch.setattr(gradsift.training.warmup, "make_sft_trainer", forbidden)
+    monkeypatch.setattr(gradsift.gradients.extract, "_fill", forbidden)
     again = _run(model_dir, data, tmp_path / "again", cache, ["less", "prism", "bids"], "two", warmup_epochs=2, dim=64)
     assert _mtimes(cache) == before
     for m in ("less", "prism", "bids"):

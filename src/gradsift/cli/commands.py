@@ -1,5 +1,5 @@
-"""`gradsift train`, `gradsift evaluate` and `gradsift bench`: thin layers over `gradsift.train.run`,
-`gradsift.evaluate.run` and `gradsift.evaluate.bench`.
+"""`gradsift train`, `gradsift evaluate` and `gradsift bench`: thin layers over `gradsift.training.run`,
+`gradsift.evaluation.run` and `gradsift.evaluation.bench`.
 
 Each ``add_*_parser(sub)`` adds one subcommand to the parser's subcommands and sets its ``func``; flags left
 out fall back to the ``--config`` YAML file, then to the API's defaults.
@@ -130,7 +130,7 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
 def train_config(args: argparse.Namespace) -> Any:
     """The `TrainConfig` the flags and ``--config`` file describe."""
     from gradsift.cli.main import _parse_options
-    from gradsift.train.run import TrainConfig
+    from gradsift.training.run import TrainConfig
 
     values = _values(args, TRAIN_KEYS)
     if args.lora_targets:
@@ -147,7 +147,7 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gradsift.train.run import run_train
+    from gradsift.training.run import run_train
 
     cfg = train_config(args)
     result = run_train(cfg)
@@ -212,7 +212,7 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
 
 def evaluate_config(args: argparse.Namespace) -> Any:
     """The `EvaluateConfig` the flags and ``--config`` file describe."""
-    from gradsift.evaluate.run import EvaluateConfig
+    from gradsift.evaluation.run import EvaluateConfig
 
     values = _values(args, EVALUATE_KEYS)
     if args.utility_generate:
@@ -224,7 +224,7 @@ def evaluate_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gradsift.evaluate.run import run_evaluate
+    from gradsift.evaluation.run import run_evaluate
 
     cfg = evaluate_config(args)
     result = run_evaluate(cfg)
@@ -268,7 +268,7 @@ def bench_config(args: argparse.Namespace) -> Any:
     """The `BenchConfig` of the file, size and flags."""
     import os
 
-    from gradsift.evaluate.bench import BenchConfig
+    from gradsift.evaluation.bench import BenchConfig
 
     overrides: dict[str, Any] = {}
     for key in ("out", "results"):
@@ -290,7 +290,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from gradsift.evaluate.bench import run_bench
+    from gradsift.evaluation.bench import run_bench
     from gradsift.report.markdown import fixed, fmt, pct
 
     cfg = bench_config(args)

@@ -150,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from gradsift.features.extract import FeatureConfig, extract_features
+    from gradsift.gradients.extract import FeatureConfig, extract_features
 
     values: dict[str, Any] = _load_yaml(args.config) if args.config else {}
     for key in (

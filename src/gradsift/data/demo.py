@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from gradsift.store.atomic import write_text_atomic
+from gradsift.atomic import write_text_atomic
 
 Record = dict[str, object]
 

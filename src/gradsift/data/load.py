@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from gradsift.atomic import write_bytes_atomic
 from gradsift.data.errors import DataError
 from gradsift.data.formats import FieldMap, Format, Parsed, Schema, infer_schema
 from gradsift.data.readers import read_rows
 from gradsift.data.records import Example, Kind, Pair, content_id
-from gradsift.store.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

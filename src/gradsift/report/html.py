@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from gradsift.evaluate.bench import ReportData
+from gradsift.evaluation.bench import ReportData
 from gradsift.report.markdown import (
     Table,
     all_metrics_table,

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradsift.evaluate.bench import BASELINES, ReportData
+from gradsift.evaluation.bench import BASELINES, ReportData
 
 PROMPT_CHARS = 160
 RESPONSE_CHARS = 220

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradsift.evaluate.bench import BASELINES, ReportData
+from gradsift.evaluation.bench import BASELINES, ReportData
 
 DPI = 110
 MAX_TASKS = 12

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from gradsift.data.records import Example
-from gradsift.score.base import ScoreContext, Scores
+from gradsift.recipes.base import ScoreContext
+from gradsift.score.base import Scores
 
 
 def default_encoder_path() -> str:

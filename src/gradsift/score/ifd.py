@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradsift.data.tokenize import encode_messages
-from gradsift.score.base import ScoreContext, Scores
+from gradsift.recipes.base import ScoreContext
+from gradsift.score.base import Scores
 from gradsift.score.loss import per_example_losses
 
 

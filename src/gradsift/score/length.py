@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradsift.score.base import ScoreContext, Scores
+from gradsift.recipes.base import ScoreContext
+from gradsift.score.base import Scores
 
 
 class LengthScorer:

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from gradsift.data.tokenize import Encoded, bucket_batches, collate
 from gradsift.model.task import Reduction, SFTTask
-from gradsift.score.base import ScoreContext, Scores
+from gradsift.recipes.base import ScoreContext
+from gradsift.score.base import Scores
 
 
 @torch.no_grad()

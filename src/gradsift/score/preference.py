@@ -8,7 +8,7 @@ model, i.e. the adapter switched off):
   warm-up checkpoint ``theta_w`` (exact by default, projected on request). A gradient step ``theta_w - eta g(d)``
   changes the summed validation loss by ``-eta IF(d)`` to first order: a large IF predicts a large *decrease*.
 - TIF keeps the pairs whose IF lies in the middle percentile band ``[q_lo, q_hi]`` (default 20-80,
-  `gradsift.select.band`).
+  `gradsift.selection.band`).
 - LossDiff(d) = ``l(theta_w; d) - l(theta_val; d)``.
 - IRM(d) = ``beta * m(d)``, the implicit reward margin under ``theta_w``, with
   ``m = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))`` (summed token log-probs).
@@ -19,12 +19,12 @@ that decides its content (settings, model and data fingerprints, the adapters it
 other settings never mix and a rerun reuses what is done (inside each directory the run-dir and feature-store
 checks refuse mismatches as usual):
 
-- ``dpo-pool-<key>/``: the warm-up, `gradsift.train.dpo.train_dpo` with LoRA for one epoch on the pool.
+- ``dpo-pool-<key>/``: the warm-up, `gradsift.training.dpo.train_dpo` with LoRA for one epoch on the pool.
 - ``dpo-val-<key>/``: ``theta_val``, one epoch of DPO on the validation set ``V``.
 - ``features/if-exact-<key>/`` and ``valgrad-<key>.npy``: IF itself, a one-column resumable feature store, and the
   summed validation gradient it is taken against (default ``projector=exact``); with ``projector=factorized`` or
   ``dense``, ``features/{pool,val}-<key>/``: projected per-pair gradients from
-  `gradsift.features.extract.extract_features`.
+  `gradsift.gradients.extract.extract_features`.
 - ``logps-<key>.npz`` + ``.json``: summed log-probabilities of every pair's chosen and rejected response under
   one checkpoint (the base model for the reference, the warm-up, ``theta_val``), forward only.
 
@@ -77,18 +77,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gradsift.atomic import write_bytes_atomic, write_json_atomic
 from gradsift.data.load import load_pairs
 from gradsift.data.records import Pair, fingerprint
 from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_pairs
-from gradsift.features.extract import file_digest
-from gradsift.features.grads import pair_groups
+from gradsift.gradients.extract import file_digest
+from gradsift.gradients.grads import pair_groups
 from gradsift.model.load import LoadedModel
 from gradsift.model.lora import LoraSettings, load_adapter
 from gradsift.model.task import DPOTask, sequence_logps
-from gradsift.score.base import ScoreContext, Scores
-from gradsift.select.band import band_limits, percentile_band
-from gradsift.select.topk import rank_order, top_k
-from gradsift.store.atomic import write_bytes_atomic, write_json_atomic
+from gradsift.recipes.base import ScoreContext
+from gradsift.score.base import Scores
+from gradsift.selection.band import band_limits, percentile_band
+from gradsift.selection.topk import rank_order, top_k
+from gradsift.stats import overlap, spearman
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ class PreferenceOptions:
         val_init: ``base`` or ``warmup``: where ``theta_val`` starts.
         projector: How IF is computed: ``exact`` (default: the inner product of each pair's full LoRA gradient
             with the summed validation gradient, no projection error), or from stored ``factorized`` or
-            ``dense`` projected gradient features (`gradsift.features.projection`).
+            ``dense`` projected gradient features (`gradsift.gradients.projection`).
         proj_dim: Output dimension of the dense projector.
         k_in: Factorized projector: target size of each LoRA matrix's input side.
         k_out: Factorized projector: target size of each LoRA matrix's output side.
@@ -336,32 +338,6 @@ def select_pairs(
     )
 
 
-def overlap(a: Sequence[int], b: Sequence[int]) -> dict[str, Any]:
-    """How much two selections agree: shared rows, Jaccard index, and the share of each inside the other."""
-    sa, sb = set(a), set(b)
-    shared = len(sa & sb)
-    union = len(sa | sb)
-    return {
-        "n_a": len(sa),
-        "n_b": len(sb),
-        "shared": shared,
-        "jaccard": shared / union if union else 1.0,
-        "share_of_a": shared / len(sa) if sa else None,
-        "share_of_b": shared / len(sb) if sb else None,
-    }
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman rank correlation over the rows where both are finite (None when fewer than 3 such rows)."""
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return None
-    rho = spearmanr(a[ok], b[ok]).statistic
-    return float(rho) if np.isfinite(rho) else None
-
-
 def dpo_loss(margin: np.ndarray, beta: float) -> np.ndarray:
     """DPO sigmoid loss ``-log sigmoid(beta m) = log(1 + exp(-beta m))`` from margins [N] (stable for any m)."""
     return np.logaddexp(0.0, -beta * np.asarray(margin, dtype=np.float64))
@@ -394,7 +370,7 @@ def pair_logps(
 ) -> np.ndarray:
     """Summed log-probabilities of each pair's chosen and rejected response tokens, forward only.
 
-    Batches as `gradsift.features.extract` does: chosen rows first, then rejected rows.
+    Batches as `gradsift.gradients.extract` does: chosen rows first, then rejected rows.
 
     Args:
         model: Causal LM or peft model (with whatever adapter is active), in eval mode.
@@ -486,8 +462,8 @@ class PreferenceSteps:
         """One epoch (by default) of LoRA DPO on `pairs`, from the base model with the `init` adapters merged."""
         from trl import DPOConfig
 
-        from gradsift.train.common import comparable_config, make_config
-        from gradsift.train.dpo import train_dpo
+        from gradsift.training.common import comparable_config, make_config
+        from gradsift.training.dpo import train_dpo
 
         t = time.perf_counter()
         overrides = self._dpo_overrides()
@@ -586,7 +562,7 @@ class PreferenceSteps:
         return (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])
 
     def _features(self, which: Literal["pool", "val"]) -> Any:
-        from gradsift.features.extract import FeatureConfig, extract_features
+        from gradsift.gradients.extract import FeatureConfig, extract_features
 
         t = time.perf_counter()
         pairs = self.ctx.pairs if which == "pool" else self.validation
@@ -658,7 +634,7 @@ class PreferenceSteps:
     def _exact_influence(self) -> np.ndarray:
         """IF without projection: the summed validation gradient ``G`` [P] once (cached as ``.npy``), then
         ``<g(d), G>`` for every pool pair through `DirectionSink`, in a resumable one-column feature store."""
-        from gradsift.features.grads import FlatGradients, LoraGradients
+        from gradsift.gradients.grads import FlatGradients, LoraGradients
         from gradsift.store.features import FeatureStore
 
         t = time.perf_counter()
@@ -755,7 +731,7 @@ class DirectionSink:
     feature is IF(d) exactly, at the cost of one extraction pass and no projection error.
 
     Args:
-        direction: [P] flat direction in `gradsift.features.grads.FlatGradients` layout, on the model's device.
+        direction: [P] flat direction in `gradsift.gradients.grads.FlatGradients` layout, on the model's device.
         layers: The `LoraGradients.layers` it is laid out by.
 
     Raises:

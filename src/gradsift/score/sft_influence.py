@@ -1,6 +1,6 @@
 """Gradient-influence scorers for SFT pools: LESS, PRISM and BIDS, with their shared steps.
 
-The math lives in :mod:`gradsift.score.less`, :mod:`gradsift.score.prism` and :mod:`gradsift.select.bids`;
+The math lives in :mod:`gradsift.score.less`, :mod:`gradsift.score.prism` and :mod:`gradsift.selection.bids`;
 this module supplies their inputs, computed once per run and cached under the context's ``workdir``
 so that several methods (and later runs with the same cache) share them:
 
@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example, fingerprint
-from gradsift.features.extract import FeatureConfig, extract_features
-from gradsift.score.base import ScoreContext, Scores
-from gradsift.store.atomic import write_json_atomic
+from gradsift.gradients.extract import FeatureConfig, extract_features
+from gradsift.recipes.base import ScoreContext
+from gradsift.score.base import Scores
 from gradsift.store.features import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def checkpoints(ctx: ScoreContext) -> list[Checkpoint]:
         ckpts = [Checkpoint("base" if adapter is None else "adapter-" + _key(adapter), adapter, None, 1.0)]
     else:
         from gradsift.model.lora import LoraSettings
-        from gradsift.train.warmup import WarmupSettings, load_warmup, run_warmup
+        from gradsift.training.warmup import WarmupSettings, load_warmup, run_warmup
 
         settings = WarmupSettings(
             fraction=_float(ctx, "warmup_fraction", 0.05),
@@ -298,7 +299,7 @@ class BidsScorer:
 
     def score(self, ctx: ScoreContext) -> Scores:
         from gradsift.score.influence import influence_matrix
-        from gradsift.select.bids import aggregate_select, bids_select, coverage, zscore_columns
+        from gradsift.selection.bids import aggregate_select, bids_select, coverage, zscore_columns
 
         normalize = _flag(ctx, "bids_normalize", True)
         targets = _require_targets(ctx, "bids")
@@ -332,7 +333,7 @@ def rejected_responses(ctx: ScoreContext, targets: list[Example]) -> list[Exampl
     missing = [t for t in targets if t.rejected is None]
     if not missing:
         return targets
-    from gradsift.evaluate.generate import GenerationSettings, generate
+    from gradsift.evaluation.generate import GenerationSettings, generate
 
     lm = ctx.model
     max_new = _int(ctx, "prism_max_new_tokens", 128)

@@ -58,7 +58,7 @@ from typing import Any, cast
 import numpy as np
 
 from gradsift import __version__
-from gradsift.store.atomic import fsync_dir, write_json_atomic
+from gradsift.atomic import fsync_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

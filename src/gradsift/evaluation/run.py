@@ -1,0 +1,409 @@
+"""`evaluate`: score a model (optionally with a LoRA adapter) on one task and write the results as JSON.
+
+The Python API behind ``gradsift evaluate``: reads the task's records, loads the model and adapter, runs the
+task's function from `gradsift.evaluation.tasks` and writes its result dict (metrics plus one entry per record
+with the prompt, the output or choice, the reference and whether it was right) with this run's settings,
+the model's provenance and the time taken.
+
+Records per task:
+  - ``gsm8k``, ``bbh``, ``utility``, ``target_loss``: examples with reference answers (any format
+    `gradsift.data.load.load_examples` reads; BIG-Bench-Hard's ``{"examples": [{input, target}]}`` files too).
+  - ``multiple_choice``: MMLU-style (``question``, ``choices``, ``answer`` index or letter) or ARC-style
+    (``choices: {text, label}``, ``answerKey``) records, see `gradsift.evaluation.tasks.MCItem.from_record`.
+  - ``refusal``: prompts only: a ``.txt`` file with one prompt per line, or records with a prompt column
+    (``prompt``, ``goal`` as in AdvBench, ``question``, ``instruction``, ``query``, ``input``, or
+    `prompt_field`) or with chat turns; any response column is ignored.
+  - ``preference``: preference pairs (`gradsift.data.load.load_pairs`); needs an adapter, whose disabled
+    state is the reference model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gradsift.data.errors import DataError
+from gradsift.data.load import OnInvalid, load_examples, load_pairs
+from gradsift.data.readers import read_rows
+from gradsift.data.records import Example, Kind, Pair, content_id
+from gradsift.evaluation.generate import GenerationSettings
+from gradsift.evaluation.refusal import PhraseRefusalJudge, RefusalJudge
+from gradsift.evaluation.tasks import (
+    BBH_COT_TEMPLATE,
+    MCFormat,
+    MCItem,
+    Normalisation,
+    ScoringSettings,
+    TaskKind,
+    evaluate_bbh,
+    evaluate_gsm8k,
+    evaluate_multiple_choice,
+    evaluate_preference,
+    evaluate_refusal,
+    evaluate_target_loss,
+    evaluate_utility,
+    read_cot_prompt,
+    write_results,
+)
+from gradsift.model.load import DType, LoadedModel, ModelSettings, load_model
+
+TASK_ALIASES = {
+    "mc": TaskKind.MULTIPLE_CHOICE,
+    "multiple-choice": TaskKind.MULTIPLE_CHOICE,
+    "target-loss": TaskKind.TARGET_LOSS,
+}
+"""Command-line spellings of task kinds besides their values."""
+
+PROMPT_COLUMNS = ("prompt", "goal", "question", "instruction", "query", "input")
+"""Columns tried, in order, for the prompt of a refusal record."""
+
+
+def parse_task(value: str | TaskKind) -> TaskKind:
+    """The task kind named by `value` (a `TaskKind` value or an alias such as ``mc``, ``target-loss``).
+
+    Raises:
+        ValueError: No such task.
+    """
+    if isinstance(value, TaskKind):
+        return value
+    name = str(value).strip().lower()
+    if name in TASK_ALIASES:
+        return TASK_ALIASES[name]
+    try:
+        return TaskKind(name.replace("-", "_"))
+    except ValueError:
+        names = sorted({t.value for t in TaskKind} | set(TASK_ALIASES))
+        raise ValueError(f"unknown task {value!r}; choose from {', '.join(names)}") from None
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of one evaluation.
+
+    Attributes:
+        task: Task kind (`gradsift.evaluation.tasks.TaskKind` value or an alias: ``mc``, ``target-loss``).
+        data: The task's records (see the module docstring).
+        out: Results JSON to write (None: only return the results).
+        model: ``builtin``, a local directory, a ``.gguf`` file or a hub id (the base model).
+        adapter: LoRA adapter directory to evaluate on top of the model (e.g. ``gradsift train``'s ``adapter/``).
+        dtype: Model dtype.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        fmt: Force the data format instead of detecting it.
+        split: Part of a source with named parts (a JSON key, a dataset split).
+        task_label: Task label given to every record (e.g. the BIG-Bench-Hard subtask of a file).
+        prompt_field: Refusal: the prompt column, when none of the usual names.
+        limit: Evaluate the first N records only (0: all).
+        on_invalid: ``raise`` at the first invalid record, or ``skip`` invalid records with a warning.
+        max_new_tokens: Generation budget per output (generation tasks).
+        gen_batch_size: Prompts decoded together.
+        fewshot: Few-shot context: a ``.txt`` prompt prefix (a BIG-Bench-Hard ``cot-prompts`` file; its canary
+            header is dropped) or a data file whose first `fewshot_n` examples become demonstration turns.
+        fewshot_n: Demonstrations taken from a few-shot data file (0: all).
+        template: Question template with ``{question}``; default ``BBH_COT_TEMPLATE`` for ``bbh`` with a text
+            few-shot prompt (the form the cot-prompts files use), else ``{question}``.
+        max_length: Token limit per scored sequence (likelihood tasks).
+        batch_size: Sequences (pairs, for ``preference``) per forward pass in likelihood tasks.
+        mc_format: ``text`` (score each option's text) or ``letter`` (list lettered options, score letters).
+        normalisation: Multiple choice: ``token``, ``char`` or ``sum`` normalised log-likelihood.
+        beta: DPO temperature of the preference margins.
+        utility_generate: Utility: also generate and report exact match.
+        refusal_window: Refusal: leading characters of a response the phrase judge reads.
+        progress: Show progress bars.
+    """
+
+    task: str
+    data: str
+    out: str | None = None
+    model: str = "builtin"
+    adapter: str | None = None
+    dtype: DType = "auto"
+    device: str = "auto"
+    fmt: str | None = None
+    split: str | None = None
+    task_label: str | None = None
+    prompt_field: str | None = None
+    limit: int = 0
+    on_invalid: OnInvalid = "raise"
+    max_new_tokens: int = 256
+    gen_batch_size: int = 8
+    fewshot: str | None = None
+    fewshot_n: int = 3
+    template: str | None = None
+    max_length: int = 1024
+    batch_size: int = 8
+    mc_format: MCFormat = "text"
+    normalisation: Normalisation = "token"
+    beta: float = 0.1
+    utility_generate: bool = False
+    refusal_window: int = 200
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.task = parse_task(self.task).value
+        if self.limit < 0:
+            raise ValueError(f"limit must be >= 0 (0 means all records), got {self.limit}")
+        if self.fewshot_n < 0:
+            raise ValueError(f"fewshot_n must be >= 0 (0 means all), got {self.fewshot_n}")
+        if self.on_invalid not in ("raise", "skip"):
+            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {self.on_invalid!r}")
+        if self.template is not None and "{question}" not in self.template:
+            raise ValueError(f"template must contain '{{question}}', got {self.template!r}")
+        if self.mc_format not in ("text", "letter"):
+            raise ValueError(f"mc_format must be 'text' or 'letter', got {self.mc_format!r}")
+        if self.normalisation not in ("sum", "token", "char"):
+            raise ValueError(f"normalisation must be 'sum', 'token' or 'char', got {self.normalisation!r}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        self.generation()
+        self.scoring()
+        PhraseRefusalJudge(window=self.refusal_window)
+        ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
+
+    @property
+    def kind(self) -> TaskKind:
+        return TaskKind(self.task)
+
+    def model_settings(self) -> ModelSettings:
+        return ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, batch_size=self.gen_batch_size)
+
+    def scoring(self) -> ScoringSettings:
+        return ScoringSettings(max_length=self.max_length, batch_size=self.batch_size)
+
+    def resolved_template(self) -> str:
+        if self.template is not None:
+            return self.template
+        text_prefix = self.fewshot is not None and Path(self.fewshot).suffix == ".txt"
+        return BBH_COT_TEMPLATE if self.kind is TaskKind.BBH and text_prefix else "{question}"
+
+
+Records = list[Example] | list[Pair] | list[MCItem]
+
+
+def read_task_records(cfg: EvaluateConfig) -> Records:
+    """The records of `cfg.data` in the form `cfg.task` needs, cut to `cfg.limit`.
+
+    Raises:
+        DataError: The data is missing, unreadable or malformed for the task (file, line and field named).
+    """
+    kind = cfg.kind
+    records: Records
+    if kind is TaskKind.PREFERENCE:
+        records = load_pairs(cfg.data, fmt=cfg.fmt, split=cfg.split, on_invalid=cfg.on_invalid)
+    elif kind is TaskKind.MULTIPLE_CHOICE:
+        records = read_mc_items(cfg.data, cfg.split, cfg.on_invalid)
+        if cfg.task_label is not None:
+            for item in records:
+                item.task = cfg.task_label
+    elif kind is TaskKind.REFUSAL:
+        records = read_prompts(cfg.data, cfg.prompt_field, cfg.split)
+    else:
+        records = load_examples(
+            cfg.data, kind=Kind.TARGET, fmt=cfg.fmt, split=cfg.split, task=cfg.task_label, on_invalid=cfg.on_invalid
+        )
+    return records[: cfg.limit] if cfg.limit else records
+
+
+def read_mc_items(source: str | Path, split: str | None = None, on_invalid: OnInvalid = "raise") -> list[MCItem]:
+    """Multiple-choice items (`MCItem.from_record` formats); ids from an ``id`` column or the content.
+
+    Raises:
+        DataError: The source is unreadable, a record is malformed (with ``on_invalid="raise"``), or none is valid.
+    """
+    items: list[MCItem] = []
+    for line, row in read_rows(source, split=split):
+        rid = str(row["id"]) if row.get("id") is not None else content_id(row)
+        try:
+            items.append(MCItem.from_record(row, rid, str(source), line))
+        except DataError:
+            if on_invalid == "raise":
+                raise
+    if not items:
+        raise DataError("no valid multiple-choice records", source)
+    return items
+
+
+def read_prompts(source: str | Path, prompt_field: str | None = None, split: str | None = None) -> list[Example]:
+    """Prompts to answer (responses, if any, ignored): a ``.txt`` file with one per line, or records.
+
+    A record's prompt is its chat turns up to the last assistant turn (``messages``/``conversations``
+    columns), else the text in `prompt_field` or the first of :data:`PROMPT_COLUMNS` it has.
+
+    Returns:
+        Examples holding only the prompt turns (their ``rejected``/``task`` unset).
+
+    Raises:
+        DataError: The source is unreadable, has no prompt column, or a prompt is empty.
+    """
+    path = Path(source)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise DataError("no such file", path)
+        lines = [(i, t.strip()) for i, t in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+        rows: list[tuple[int, dict[str, Any]]] = [(i, {"prompt": t}) for i, t in lines if t]
+        if not rows:
+            raise DataError("no prompts: the file has no non-empty line", path)
+    else:
+        rows = list(read_rows(source, split=split))
+    prompts: list[Example] = []
+    for line, row in rows:
+        chat = row.get("messages", row.get("conversations"))
+        if prompt_field is None and isinstance(chat, list):
+            probe = prompt_turns(chat, source, line)
+        else:
+            column = prompt_field or next((c for c in PROMPT_COLUMNS if c in row), None)
+            if column is None or column not in row:
+                wanted = prompt_field or " or ".join(PROMPT_COLUMNS)
+                raise DataError(f"no prompt column ({wanted}); found {list(row)}", source, line, prompt_field)
+            text = row[column]
+            if not isinstance(text, str) or not text.strip():
+                raise DataError("the prompt must be non-empty text", source, line, column)
+            probe = [{"role": "user", "content": text}]
+        rid = str(row["id"]) if row.get("id") is not None else f"{content_id(probe)}-{line}"
+        prompts.append(Example(id=rid, messages=probe, raw=row, source=str(source), line=line))
+    return prompts
+
+
+def prompt_turns(chat: list[Any], source: str | Path, line: int) -> list[dict[str, str]]:
+    """Prompt turns of a chat given as ``{"role", "content"}`` or ``{"from", "value"}`` turns.
+
+    Returns:
+        The turns before the last assistant turn (all turns when there is none), in role/content form.
+
+    Raises:
+        DataError: A malformed turn, or no user turn in the prompt.
+    """
+    roles = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+    turns: list[dict[str, str]] = []
+    for turn in chat:
+        if not isinstance(turn, dict):
+            raise DataError("a chat turn must be an object", source, line, "messages")
+        role = roles.get(str(turn.get("role", turn.get("from", ""))).lower())
+        content = turn.get("content", turn.get("value"))
+        if role is None or not isinstance(content, str):
+            raise DataError(f"malformed chat turn {turn!r}"[:200], source, line, "messages")
+        turns.append({"role": role, "content": content})
+    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=len(turns))
+    prompt = turns[:last]
+    if not any(t["role"] == "user" for t in prompt):
+        raise DataError("the prompt has no user turn", source, line, "messages")
+    return prompt
+
+
+def read_fewshot(cfg: EvaluateConfig) -> str | list[tuple[str, str]] | None:
+    """The few-shot context `cfg.fewshot` names: a text prefix or ``(question, answer)`` demonstrations."""
+    if cfg.fewshot is None:
+        return None
+    path = Path(cfg.fewshot)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: few-shot prompt file not found")
+        return read_cot_prompt(path)
+    demos = load_examples(path, kind=Kind.TARGET)
+    demos = demos[: cfg.fewshot_n] if cfg.fewshot_n else demos
+    return [
+        (next(m["content"] for m in reversed(d.prompt_messages) if m["role"] == "user"), d.response) for d in demos
+    ]
+
+
+def evaluate_records(
+    model: Any,
+    tokenizer: Any,
+    cfg: EvaluateConfig,
+    records: Records,
+    judge: RefusalJudge | None = None,
+) -> dict[str, Any]:
+    """Run `cfg.task` on `records` with `model` (its adapter, if any, active).
+
+    Args:
+        model: Causal LM (a peft model for ``preference``: its disabled adapter is the reference).
+        tokenizer: Its tokenizer.
+        cfg: Task and settings.
+        records: What `read_task_records` returns for the task.
+        judge: Refusal judge; default the phrase judge with `cfg.refusal_window`.
+
+    Returns:
+        The task's result dict (``task``, ``n``, ``metrics``, ``examples``).
+    """
+    kind = cfg.kind
+    if not records:
+        raise ValueError(f"no records to evaluate for task {kind.value}")
+    fewshot = read_fewshot(cfg)
+    template = cfg.resolved_template()
+    data: Any = records
+    if kind is TaskKind.GSM8K:
+        return evaluate_gsm8k(model, tokenizer, data, fewshot, template, cfg.generation(), cfg.progress)
+    if kind is TaskKind.BBH:
+        return evaluate_bbh(model, tokenizer, data, fewshot, template, cfg.generation(), cfg.progress)
+    if kind is TaskKind.MULTIPLE_CHOICE:
+        return evaluate_multiple_choice(
+            model, tokenizer, data, cfg.mc_format, cfg.normalisation, fewshot, batch_size=cfg.batch_size
+        )
+    if kind is TaskKind.REFUSAL:
+        judge = judge or PhraseRefusalJudge(window=cfg.refusal_window)
+        return evaluate_refusal(model, tokenizer, data, judge, cfg.generation(), cfg.progress)
+    if kind is TaskKind.UTILITY:
+        generation = cfg.generation() if cfg.utility_generate else None
+        return evaluate_utility(model, tokenizer, data, cfg.scoring(), generation, cfg.progress)
+    if kind is TaskKind.PREFERENCE:
+        return evaluate_preference(model, tokenizer, data, cfg.beta, cfg.scoring())
+    return evaluate_target_loss(model, tokenizer, data, cfg.scoring())
+
+
+def load_evaluated_model(cfg: EvaluateConfig) -> LoadedModel:
+    """The base model with `cfg.adapter` loaded on it (frozen), or the base model alone.
+
+    Raises:
+        FileNotFoundError: The adapter directory holds no peft adapter.
+    """
+    from gradsift.model.lora import load_adapter
+
+    if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{cfg.adapter}: no adapter_config.json, not a LoRA adapter directory")
+    lm = load_model(cfg.model_settings())
+    if cfg.adapter is None:
+        return lm
+    return dataclasses.replace(lm, model=load_adapter(lm.model, cfg.adapter, trainable=False))
+
+
+def run_evaluate(
+    cfg: EvaluateConfig,
+    records: Records | None = None,
+    loaded: LoadedModel | None = None,
+    judge: RefusalJudge | None = None,
+) -> dict[str, Any]:
+    """Evaluate a model on one task as `cfg` says and write the results to `cfg.out` (when set).
+
+    Args:
+        cfg: Settings.
+        records: Records to use instead of reading `cfg.data` (the form `read_task_records` returns).
+        loaded: A model to evaluate instead of loading `cfg.model` and `cfg.adapter`.
+        judge: Refusal judge (default: the phrase judge).
+
+    Returns:
+        The task's result dict plus ``config`` (these settings), ``model`` (provenance), ``adapter`` and
+        ``seconds``.
+
+    Raises:
+        ValueError: ``preference`` without an adapter, or no records.
+        DataError: Unreadable or malformed data.
+        FileNotFoundError: A missing adapter or few-shot file.
+    """
+    if cfg.kind is TaskKind.PREFERENCE and loaded is None and cfg.adapter is None:
+        raise ValueError("the preference task needs --adapter: the reference model is the adapter disabled")
+    t0 = time.perf_counter()
+    data = records if records is not None else read_task_records(cfg)
+    lm = loaded if loaded is not None else load_evaluated_model(cfg)
+    result = evaluate_records(lm.model, lm.tokenizer, cfg, data, judge)
+    result["config"] = asdict(cfg)
+    result["model"] = lm.describe()
+    result["adapter"] = cfg.adapter
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    if cfg.out is not None:
+        write_results(cfg.out, result)
+    return result

@@ -1,0 +1,1 @@
+"""Per method family: prepare the inputs of a method, then call its math and selection rule."""

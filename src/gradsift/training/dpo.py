@@ -1,0 +1,253 @@
+"""LoRA DPO with TRL's `DPOTrainer`: TIF's DPO runs and `theta_val` (methods.md section 3).
+
+The reference model is the base model with the adapter disabled: the base model goes to the trainer with
+``peft_config=`` and no ``ref_model``. (Given a model that already carries an adapter and no ``ref_model``,
+TRL 1.x would copy that adapter as a frozen "ref" adapter and use it as the reference; gradsift refuses such
+models, so the reference always matches `gradsift.model.task.DPOTask`'s adapter-disabled reference.)
+
+Pairs go to TRL as a conversational prompt/chosen/rejected dataset when the tokenizer has a chat template,
+else as standard text in gradsift's plain "### User:/### Assistant:" layout. TRL drops pairs whose prompt
+alone fills ``max_length`` and cuts the others' completions to fit, without saying so; gradsift counts both
+first with TRL's own tokenisation and truncation rules, leaves the dropped pairs out itself, and writes the
+counts and ids to the run's ``config.json`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradsift.data.records import Pair
+from gradsift.data.tokenize import _segments
+from gradsift.model.lora import LoraSettings
+from gradsift.training.common import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    RESULT_FILE,
+    DataCounts,
+    RunState,
+    TrainResult,
+    finish_run,
+    is_peft_model,
+    make_config,
+    prepare_run_dir,
+    reuse_result,
+    run_config,
+    run_trainer,
+)
+
+DPO_OWNED = (CONFIG_FILE, LOG_FILE, RESULT_FILE, ADAPTER_DIR, "README.md")
+
+
+def pair_row(tokenizer: Any, pair: Pair) -> dict[str, Any]:
+    """One pair in TRL's preference format.
+
+    Returns:
+        Conversational ``{"prompt": [turns], "chosen": [assistant turn], "rejected": [assistant turn]}`` with a
+        chat template; without one, standard text: the prompt rendered in gradsift's plain layout up to the
+        assistant header, and each response ending with the EOS token (TRL would append it anyway).
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return {
+            "prompt": pair.prompt,
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}],
+        }
+    segs = _segments(tokenizer, pair.prompt + [{"role": "assistant", "content": pair.chosen}])
+    last_loss = max(i for i, (_, is_loss) in enumerate(segs) if is_loss)
+    eos = tokenizer.eos_token or ""
+    return {
+        "prompt": "".join(text for text, _ in segs[:last_loss]),
+        "chosen": pair.chosen + eos,
+        "rejected": pair.rejected + eos,
+    }
+
+
+@dataclass
+class PairLengths:
+    """Token lengths of a pair as TRL splits it: the shared prompt, then each completion."""
+
+    prompt: int
+    chosen: int
+    rejected: int
+
+
+def trl_pair_lengths(tokenizer: Any, row: dict[str, Any]) -> PairLengths:
+    """Tokenise a row the way TRL 1.x's `DPOTrainer` does and split it where TRL does.
+
+    TRL tokenises the prompt (with the generation prompt) and prompt+response separately and starts the
+    completion where the token ids first differ.
+    """
+    from trl.data_utils import common_prefix_length
+
+    def ids(x: Any, gen: bool = False) -> list[int]:
+        if isinstance(x, list):
+            out = tokenizer.apply_chat_template(x, tokenize=True, return_dict=True, add_generation_prompt=gen)
+        else:
+            out = tokenizer(text=x)
+        return list(out["input_ids"])
+
+    prompt = ids(row["prompt"], gen=True)
+    pc, pr = ids(row["prompt"] + row["chosen"]), ids(row["prompt"] + row["rejected"])
+    n = min(common_prefix_length(prompt, pc), common_prefix_length(prompt, pr))
+    return PairLengths(prompt=n, chosen=len(pc) - n, rejected=len(pr) - n)
+
+
+def trl_fate(n: PairLengths, max_length: int | None, truncation_mode: str) -> tuple[bool, bool]:
+    """Whether TRL truncates and whether it drops a pair of these lengths.
+
+    ``keep_start`` (TRL's default): a pair whose prompt has ``max_length`` tokens or more is dropped; one whose
+    prompt plus longer response exceeds ``max_length`` loses the end of that response. ``keep_end``: nothing is
+    dropped, a longer pair loses the start of its prompt.
+
+    Returns:
+        ``(truncated, dropped)``.
+    """
+    if max_length is None:
+        return False, False
+    dropped = truncation_mode == "keep_start" and n.prompt >= max_length
+    return n.prompt + max(n.chosen, n.rejected) > max_length, dropped
+
+
+def dpo_dataset(
+    tokenizer: Any, pairs: Sequence[Pair], max_length: int | None, truncation_mode: str = "keep_start"
+) -> tuple[Any, DataCounts]:
+    """The TRL preference dataset for `pairs`, without the pairs TRL would drop, and the counts.
+
+    Raises:
+        ValueError: No pairs, or every pair would be dropped.
+    """
+    from datasets import Dataset
+
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    counts = DataCounts()
+    kept = []
+    for p in pairs:
+        row = pair_row(tokenizer, p)
+        truncated, dropped = trl_fate(trl_pair_lengths(tokenizer, row), max_length, truncation_mode)
+        counts.add(p.id, truncated, dropped)
+        if not dropped:
+            kept.append(row)
+    if not kept:
+        raise ValueError(f"every one of the {counts.n} pairs has a prompt of max_length={max_length} tokens or more")
+    return Dataset.from_list(kept), counts
+
+
+def _check_base(model: Any, lora: LoraSettings | None) -> LoraSettings:
+    if is_peft_model(model):
+        raise ValueError(
+            "train_dpo needs the base model: its reference is the base with the adapter disabled. Merge an "
+            "existing adapter first (model.merge_and_unload()) and pass the result"
+        )
+    return lora or LoraSettings()
+
+
+def make_dpo_trainer(
+    model: Any, tokenizer: Any, cfg: Any, dataset: Any, lora: LoraSettings, callbacks: list[Any] | None
+) -> Any:
+    """A `DPOTrainer` on the base `model` with a new LoRA adapter and the adapter-disabled base as reference.
+
+    Raises:
+        RuntimeError: The trainer holds a separate reference model or a "ref" adapter (a TRL change).
+    """
+    from trl import DPOTrainer
+
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora.to_peft(),
+        callbacks=callbacks,
+    )
+    adapters: Any = getattr(trainer.model, "peft_config", {})
+    if trainer.ref_model is not None or "ref" in adapters:
+        raise RuntimeError("TRL built a separate DPO reference; gradsift needs the adapter-disabled base model")
+    return trainer
+
+
+def build_dpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    out_dir: str | Path,
+    lora: LoraSettings | None = None,
+    config: Any = None,
+    *,
+    beta: float | None = None,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, DataCounts]:
+    """Set up the `DPOTrainer` that `train_dpo` runs, without training (arguments as in `train_dpo`).
+
+    Returns:
+        The trainer and the data counts.
+    """
+    from trl import DPOConfig
+
+    lora = _check_base(model, lora)
+    cfg = make_config(DPOConfig, config, out_dir, _DEFAULTS, {"beta": beta} if beta is not None else None)
+    dataset, counts = dpo_dataset(tokenizer, pairs, cfg.max_length, cfg.truncation_mode)
+    return make_dpo_trainer(model, tokenizer, cfg, dataset, lora, callbacks), counts
+
+
+_DEFAULTS = {"num_train_epochs": 1}
+
+
+def train_dpo(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    out_dir: str | Path,
+    lora: LoraSettings | None = None,
+    config: Any = None,
+    *,
+    beta: float | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on preference pairs with TRL's `DPOTrainer` (sigmoid loss by default).
+
+    Also computes TIF's `theta_val` (methods.md section 3): one epoch of DPO on the validation pairs.
+    Writes the same run directory as `gradsift.training.sft.train_sft` (config, log, adapter, result, resume).
+
+    Args:
+        model: The base causal LM (not a peft model); a LoRA adapter is added to it in place.
+        tokenizer: Its tokenizer.
+        pairs: Preference pairs `(x, y_w, y_l)`.
+        out_dir: Run directory.
+        lora: LoRA settings; default `LoraSettings()`.
+        config: `trl.DPOConfig` overrides as a dict (gradsift's defaults: one epoch, ``report_to="none"``, bf16
+            and gradient checkpointing off on CPU) or a `DPOConfig`. ``max_length`` and ``truncation_mode``
+            decide the truncated and dropped pairs.
+        beta: DPO temperature; None keeps the config's (TRL default 0.1). A config that says otherwise is refused.
+        resume: Resume an unfinished run with the same settings from its last checkpoint.
+        overwrite: Replace a run with different settings, or retrain a finished one.
+        callbacks: Extra `transformers.TrainerCallback`s.
+
+    Returns:
+        The result (with the truncated/dropped counts); ``result.model`` is the trained peft model.
+
+    Raises:
+        ValueError: A peft model, different settings in `out_dir` without `overwrite`, no usable pairs, or
+            bad config overrides.
+    """
+    from trl import DPOConfig
+
+    out_dir = Path(out_dir)
+    lora = _check_base(model, lora)
+    cfg = make_config(DPOConfig, config, out_dir, _DEFAULTS, {"beta": beta} if beta is not None else None)
+    dataset, counts = dpo_dataset(tokenizer, pairs, cfg.max_length, cfg.truncation_mode)
+    rc = run_config("dpo", cfg, model, tokenizer, lora, pairs, data=counts.as_dict())
+    state, ckpt = prepare_run_dir(out_dir, rc, RESULT_FILE, DPO_OWNED, resume, overwrite)
+    if state is RunState.DONE:
+        return reuse_result(out_dir, model)
+    counts.warn(f"DPO pairs for {out_dir}")
+    trainer = make_dpo_trainer(model, tokenizer, cfg, dataset, lora, callbacks)
+    output = run_trainer(trainer, out_dir, ckpt)
+    return finish_run(trainer, tokenizer, out_dir, output, ckpt, counts)

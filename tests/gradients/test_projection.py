@@ -7,7 +7,7 @@ from _lora_setup import ALL, QV, encodings, lora_model, pad_id
 
 from gradsift.data.tokenize import collate
 from gradsift.gradients.grads import LayerFactors, LoraGradients, LoraLinear
-from gradsift.gradients.projection import CHUNK, DenseProjector, FactorizedProjector
+from gradsift.gradients.projection import CHUNK, DenseProjector, FactorizedProjector, SparseProjector
 from gradsift.model.task import SFTTask
 
 
@@ -236,9 +236,88 @@ def test_every_device_builds_the_same_projection():
     batch = collate(encodings(tok, 4), pad_id(tok), "left")
     dense = DenseProjector(lg.num_params, k=512, seed=1)
     fac = FactorizedProjector([layer.shape for layer in lg.layers], k_in=8, k_out=8, seed=1)
-    on_cpu = [lg.compute(batch, SFTTask(), sink=s).features for s in (dense, fac)]
+    sparse = SparseProjector(lg.num_params, k=512, seed=1)
+    on_cpu = [lg.compute(batch, SFTTask(), sink=s).features for s in (dense, fac, sparse)]
     model.cuda()
     gpu_batch = {k: v.cuda() for k, v in batch.items()}
-    on_gpu = [lg.compute(gpu_batch, SFTTask(), sink=s).features.cpu() for s in (dense, fac)]
+    on_gpu = [lg.compute(gpu_batch, SFTTask(), sink=s).features.cpu() for s in (dense, fac, sparse)]
     for a, b in zip(on_cpu, on_gpu, strict=True):
         assert (a - b).norm() <= 1e-4 * a.norm()
+
+
+def test_sparse_matches_its_explicit_matrix_and_slices_add_up():
+    p = 2 * CHUNK + 300
+    proj = SparseProjector(p, k=64, s=4, seed=2, block_size=CHUNK)
+    x = torch.randn(3, p, dtype=torch.float64)
+    full = proj.project_flat(x)
+    m = proj.matrix(0, p, dtype=torch.float64)
+    torch.testing.assert_close(full, x @ m)
+    cuts = [0, 100, CHUNK + 5, CHUNK + 6, p]
+    parts = sum(proj.project_flat(x[:, a:b], a) for a, b in zip(cuts, cuts[1:], strict=False))
+    torch.testing.assert_close(parts, full)
+    # exactly s non-zeros per column, one per block of k / s rows, each +-1/sqrt(s)
+    nz = m != 0
+    assert (nz.sum(dim=1) == 4).all()
+    assert (nz.view(p, 4, 16).sum(dim=2) == 1).all()
+    assert set((m[nz] * 2).unique().tolist()) == {-1.0, 1.0}
+
+
+def test_sparse_matrix_depends_only_on_seed_k_and_s():
+    p = 3 * CHUNK + 77
+    x = torch.randn(4, p, dtype=torch.float64)
+    ref = SparseProjector(p, k=96, seed=5).project_flat(x)
+    for block_size, cache in ((1, 0), (CHUNK, 10**9), (10**6, 0)):
+        again = SparseProjector(p, k=96, seed=5, block_size=block_size, cache_bytes=cache)
+        torch.testing.assert_close(again.project_flat(x), ref)
+        torch.testing.assert_close(again.project_flat(x), ref)
+    torch.testing.assert_close(SparseProjector(p + 1000, k=96, seed=5).project_flat(x), ref)
+    assert (SparseProjector(p, k=96, seed=6).project_flat(x) - ref).abs().max() > 1e-3
+    assert (SparseProjector(p, k=96, s=8, seed=5).project_flat(x) - ref).abs().max() > 1e-3
+
+
+def test_sparse_inner_products_within_jl_bound_on_random_and_real_gradients():
+    vecs = correlated_vectors(12, 3000, seed=1)
+    assert_within_jl(vecs, SparseProjector(3000, k=1024, seed=7, block_size=700).project_flat(vecs), 1024)
+    tok, model = lora_model(ALL)
+    lg = LoraGradients(model)
+    grads = lg.compute(collate(encodings(tok, 8), pad_id(tok)), SFTTask()).features
+    assert lg.num_params > 2048
+    assert_within_jl(grads, SparseProjector(lg.num_params, k=2048, seed=3).project_flat(grads), 2048)
+
+
+def test_sparse_inner_products_are_unbiased():
+    p = 200
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1, p, generator=g, dtype=torch.float64)
+    b = a + 0.5 * torch.randn(1, p, generator=g, dtype=torch.float64)
+    exact = (a * b).sum().item()
+    est = torch.tensor(
+        [
+            (lambda q: (q.project_flat(a) * q.project_flat(b)).sum().item())(SparseProjector(p, k=8, s=2, seed=s))
+            for s in range(400)
+        ],
+        dtype=torch.float64,
+    )
+    stderr = est.std().item() / math.sqrt(len(est))
+    assert abs(est.mean().item() - exact) < 4 * stderr
+    assert est.std() > 0.01 * abs(exact)
+
+
+def test_sparse_sink_equals_projecting_materialised_gradients():
+    tok, model = lora_model(QV)
+    lg = LoraGradients(model)
+    batch = collate(encodings(tok, 4), pad_id(tok), "left")
+    flat = lg.compute(batch, SFTTask()).features
+    proj = SparseProjector(lg.num_params, k=128, seed=1, block_size=600)
+    torch.testing.assert_close(lg.compute(batch, SFTTask(), sink=proj).features, proj.project_flat(flat))
+
+
+def test_bad_sparse_arguments_are_refused():
+    with pytest.raises(ValueError, match="dividing k"):
+        SparseProjector(10, k=10, s=4)
+    with pytest.raises(ValueError, match="dividing k"):
+        SparseProjector(10, k=8, s=0)
+    with pytest.raises(ValueError, match="num_params"):
+        SparseProjector(0)
+    with pytest.raises(ValueError, match="outside"):
+        SparseProjector(10, k=8).project_flat(torch.zeros(2, 8), offset=3)

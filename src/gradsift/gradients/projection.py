@@ -1,12 +1,16 @@
 """Seeded random projections of per-example LoRA gradients (the ``P g`` of methods.md).
 
-Two projectors share one interface (:class:`Projector`): both consume the per-layer gradient factors
-streamed by :class:`~gradsift.gradients.grads.LoraGradients` and add each layer's contribution into a
+Three projectors share one interface (:class:`Projector`): each consumes the per-layer gradient factors
+streamed by :class:`~gradsift.gradients.grads.LoraGradients` and adds each layer's contribution into a
 [G, dim] feature buffer.
 
 - :class:`DenseProjector`: one k x P Rademacher (LESS, methods.md section 1) or Gaussian matrix over the
   whole flattened gradient, scaled by ``1/sqrt(k)``. It is never held whole: it is generated in chunks of
   columns, and a chunk is kept only while a memory budget allows.
+- :class:`SparseProjector`: the sparse Johnson-Lindenstrauss transform (Kane and Nelson's block
+  construction, as in dattri and recent TRAK): each gradient coordinate goes to ``s`` output coordinates,
+  one in each of ``s`` blocks of ``k / s``, with random signs, scaled by ``1/sqrt(s)``. Applied as a
+  scatter-add, it costs ``s`` multiply-adds per coordinate instead of ``k``.
 - :class:`FactorizedProjector`: per LoRA matrix ``W`` [out, in], ``vec(P_out G P_in^T)`` computed as
   ``sum_t (P_out delta_t)(P_in x_t)^T``, which never builds ``G``. A side no larger than its target size
   (the LoRA rank, typically) is left unprojected.
@@ -203,6 +207,134 @@ class DenseProjector:
             lo, hi = max(offset, start * CHUNK), min(offset + n, stop * CHUNK)
             out += grads[:, lo - offset : hi - offset] @ cols[lo - start * CHUNK : hi - start * CHUNK]
         return out / math.sqrt(self.k)
+
+    def project(self, out: torch.Tensor, factors: LayerFactors) -> None:
+        """Add the projection of one LoRA matrix's per-example gradients [G, out * in] into ``out`` [G, k]."""
+        out += self.project_flat(factors.gradient().flatten(1), factors.layer.offset)
+
+
+class SparseProjector:
+    """Sparse JL projection of flattened gradients [B, P] -> [B, k] (Kane-Nelson block construction).
+
+    Column ``j`` of the k x P matrix has exactly ``s`` non-zeros, one in each block of ``k / s`` rows, at
+    positions and with signs drawn from the generator of chunk ``j // CHUNK``; each is ``+-1/sqrt(s)``.
+    Inner products are unbiased (``E[<P g, P g'>] = <g, g'>``) and concentrate as for a dense projection
+    of the same ``k`` (Kane and Nelson 2014), while projecting costs ``s`` multiply-adds per gradient
+    entry instead of ``k``: it is a scatter-add (``index_add_``), on CPU and GPU alike.
+
+    Args:
+        num_params: P, the length of the flattened gradient.
+        k: Output dimension; a multiple of ``s``.
+        s: Non-zeros per column (4 by default, as in dattri's sparse projector).
+        seed: Projection seed.
+        block_size: Columns scattered per step; bounds the transient memory to ``B x block_size x s``.
+        cache_bytes: Budget for keeping drawn chunks (``5 s`` bytes per column) on the device.
+    """
+
+    def __init__(
+        self,
+        num_params: int,
+        k: int = 8192,
+        s: int = 4,
+        seed: int = 0,
+        block_size: int = 16384,
+        cache_bytes: int = 2**30,
+    ) -> None:
+        _check_common(k, "rademacher", seed)
+        if num_params < 1:
+            raise ValueError(f"num_params must be positive, got {num_params}")
+        if s < 1 or k % s:
+            raise ValueError(f"sparse projection needs s >= 1 dividing k, got s={s}, k={k}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        self.num_params, self.k, self.s, self._seed = num_params, k, s, seed
+        self.block_chunks = -(-block_size // CHUNK)
+        self.cache_bytes = cache_bytes
+        self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cached = 0
+
+    @property
+    def dim(self) -> int:
+        return self.k
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "projector": "sparse",
+            "kind": "sparse-jl",
+            "dim": self.k,
+            "s": self.s,
+            "num_params": self.num_params,
+            "seed": self._seed,
+            "chunk": CHUNK,
+            "scheme": _SCHEME,
+        }
+
+    def _chunk(self, index: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [CHUNK, s] int64 and signs [CHUNK, s] int8 (+-1) of the columns of chunk ``index``."""
+        hit = self._cache.get((index, device))
+        if hit is not None:
+            return hit
+        gen = _generator(self._seed, "sparse", self.k, self.s, index)
+        width = self.k // self.s
+        rows = torch.randint(0, width, (CHUNK, self.s), generator=gen) + torch.arange(self.s) * width
+        signs = (torch.randint(0, 2, (CHUNK, self.s), generator=gen, dtype=torch.int8) * 2 - 1).to(torch.int8)
+        pair = (rows.to(device), signs.to(device))
+        size = pair[0].nbytes + pair[1].nbytes
+        if self._cached + size <= self.cache_bytes:
+            self._cache[(index, device)] = pair
+            self._cached += size
+        return pair
+
+    def _columns(self, first: int, last: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [self._chunk(c, device) for c in range(first, last)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _check_range(self, offset: int, n: int) -> None:
+        if offset < 0 or n < 1 or offset + n > self.num_params:
+            raise ValueError(
+                f"gradient entries [{offset}, {offset + n}) lie outside the projector's {self.num_params} parameters"
+            )
+
+    def matrix(
+        self, offset: int, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The explicit scaled matrix for entries ``offset .. offset + n - 1``, transposed [n, k]: for tests."""
+        self._check_range(offset, n)
+        first, last = offset // CHUNK, -(-(offset + n) // CHUNK)
+        rows, signs = self._columns(first, last, torch.device(device))
+        lo = offset - first * CHUNK
+        rows, signs = rows[lo : lo + n], signs[lo : lo + n]
+        m = torch.zeros(n, self.k, dtype=dtype, device=device)
+        m.scatter_(1, rows, signs.to(dtype) / math.sqrt(self.s))
+        return m
+
+    def project_flat(self, grads: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Project a slice of flattened gradients [B, n] (entries ``offset .. offset + n - 1``) -> [B, k].
+
+        Projections of consecutive slices add up to the projection of the whole vector.
+        """
+        if grads.dim() != 2:
+            raise ValueError(f"grads must be [B, n], got shape {tuple(grads.shape)}")
+        batch, n = grads.shape
+        self._check_range(offset, n)
+        dtype = torch.promote_types(grads.dtype, torch.float32)
+        grads = grads.to(dtype)
+        out = torch.zeros(batch, self.k, dtype=dtype, device=grads.device)
+        first, end = offset // CHUNK, -(-(offset + n) // CHUNK)
+        for start in range(first, end, self.block_chunks):
+            stop = min(start + self.block_chunks, end)
+            rows, signs = self._columns(start, stop, grads.device)
+            lo, hi = max(offset, start * CHUNK), min(offset + n, stop * CHUNK)
+            rows, signs = rows[lo - start * CHUNK : hi - start * CHUNK], signs[lo - start * CHUNK : hi - start * CHUNK]
+            values = grads[:, lo - offset : hi - offset, None] * signs.to(dtype)  # [B, cols, s]
+            out.index_add_(1, rows.flatten(), values.flatten(1))
+        return out / math.sqrt(self.s)
 
     def project(self, out: torch.Tensor, factors: LayerFactors) -> None:
         """Add the projection of one LoRA matrix's per-example gradients [G, out * in] into ``out`` [G, k]."""

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gradsift.score.influence import influence_matrix
-from gradsift.selection.bids import aggregate_select, bids_select, coverage, usable_rows, zscore_columns
+from gradsift.selection.bids import aggregate_select, bids_select, column_tops, coverage, usable_rows, zscore_columns
 
 
 def naive_bids(z: np.ndarray, budget: int, usable: np.ndarray) -> list[int]:
@@ -232,3 +232,28 @@ def test_coverage_recall_matches_a_sort_per_column_in_any_chunking():
         cov = coverage(a, None, sel, bad=bad, chunk_rows=rows)
         assert cov[0].top_recall == pytest.approx(np.mean(want))
         assert cov[0].mean_influence == pytest.approx(a[sel].mean(axis=0).mean())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64, st.tuples(st.integers(1, 40), st.integers(1, 5)), elements=st.sampled_from([-1.0, 0.0, 0.5, 2.0])
+    ),
+    st.integers(1, 45),
+    st.integers(1, 13),
+)
+def test_column_tops_equal_a_full_sort_with_ties(a, k, block):
+    vals, rows = column_tops(((s, a[s : s + block]) for s in range(0, len(a), block)), a.shape[1], k)
+    for j in range(a.shape[1]):
+        want = sorted(range(len(a)), key=lambda i: (-a[i, j], i))[:k]
+        assert rows[:, j].tolist() == want
+        assert vals[:, j].tolist() == a[want, j].tolist()
+
+
+def test_streamed_bids_equals_the_rescan_on_a_larger_memmap(tmp_path):
+    rng = np.random.default_rng(3)
+    a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float32, shape=(600, 12))
+    a[:] = rng.normal(size=(600, 12)) * np.linspace(0.1, 5, 12) + np.linspace(-3, 3, 12)
+    bad = rng.random(600) < 0.05
+    z = zscore_columns(a, bad)
+    assert bids_select(a, 40, bad=bad, chunk_rows=64).indices == naive_bids(z, 40, ~bad)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import gradsift.selection.bids as bids_module
 from gradsift.score.influence import influence_matrix
 from gradsift.selection.bids import aggregate_select, bids_select, column_tops, coverage, usable_rows, zscore_columns
 
@@ -250,7 +251,10 @@ def test_column_tops_equal_a_full_sort_with_ties(a, k, block):
         assert vals[:, j].tolist() == a[want, j].tolist()
 
 
-def test_streamed_bids_equals_the_rescan_on_a_larger_memmap(tmp_path):
+@pytest.mark.parametrize("group_bytes", [None, 16 * 40 * 5])
+def test_streamed_bids_equals_the_rescan_on_a_larger_memmap(tmp_path, monkeypatch, group_bytes):
+    if group_bytes:  # column groups of 5: several passes, one per group
+        monkeypatch.setattr(bids_module, "CHUNK_BYTES", group_bytes)
     rng = np.random.default_rng(3)
     a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float32, shape=(600, 12))
     a[:] = rng.normal(size=(600, 12)) * np.linspace(0.1, 5, 12) + np.linspace(-3, 3, 12)

@@ -80,9 +80,10 @@ class ColumnStats:
     mean: np.ndarray
     scale: np.ndarray
 
-    def z(self, block: Any) -> np.ndarray:
-        """float32 [rows, M] z-scores of rows of the matrix (NaN rows stay NaN)."""
-        return ((np.asarray(block, dtype=np.float64) - self.mean) * self.scale).astype(np.float32)
+    def z(self, block: Any, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        """float32 [rows, c1 - c0] z-scores of a block of the matrix holding columns c0:c1 (NaN stays NaN)."""
+        cols = slice(c0, c1)
+        return ((np.asarray(block, dtype=np.float64) - self.mean[cols]) * self.scale[cols]).astype(np.float32)
 
 
 def column_stats(a: Any, bad: Any = None, chunk_rows: int | None = None) -> ColumnStats:
@@ -155,12 +156,14 @@ def column_tops(blocks: Iterable[tuple[int, np.ndarray]], m: int, k: int) -> tup
         k: List length (>= 1).
 
     Returns:
-        ``(values [k', M] float64, rows [k', M] int64)`` with ``k' = min(k, non-NaN rows)``.
+        ``(values [k', M], rows [k', M] int64)``, values in the blocks' dtype, ``k' = min(k, non-NaN rows)``.
     """
-    top_v = np.empty((0, m))
+    top_v: np.ndarray | None = None
     top_r = np.empty((0, m), dtype=np.int64)
     for start, block in blocks:
-        block = np.asarray(block, dtype=np.float64)
+        block = np.asarray(block)
+        if top_v is None:
+            top_v = np.empty((0, m), dtype=block.dtype)
         keep = ~np.isnan(block).any(axis=1)
         if not keep.any():
             continue
@@ -173,6 +176,8 @@ def column_tops(blocks: Iterable[tuple[int, np.ndarray]], m: int, k: int) -> tup
             idx = np.argpartition(key, k - 1, axis=0)[:k]
             v, r = np.take_along_axis(v, idx, 0), np.take_along_axis(r, idx, 0)
         top_v, top_r = v, r
+    if top_v is None:
+        top_v = np.empty((0, m))
     order = np.lexsort((top_r, -top_v), axis=0)
     return np.take_along_axis(top_v, order, 0), np.take_along_axis(top_r, order, 0)
 
@@ -213,21 +218,32 @@ def bids_select(
         stats = column_stats(a, bad, chunk_rows)
         ok = stats.usable
 
-        def values(block: Any) -> np.ndarray:
-            return stats.z(block)
+        def values(block: Any, c0: int = 0, c1: int = m) -> np.ndarray:
+            return stats.z(block, c0, c1)
 
     else:
         ok = usable_rows(a, bad, chunk_rows)
 
-        def values(block: Any) -> np.ndarray:
+        def values(block: Any, c0: int = 0, c1: int = m) -> np.ndarray:
             return np.asarray(block, dtype=np.float64)
 
-    rows = _rows_per_chunk(m, chunk_rows)
     picks = min(k, int(ok.sum()))
     if picks == 0:
         return Selection([], k, np.flatnonzero(~ok).tolist())
-    blocks = ((s, np.where(ok[s : s + rows, None], values(a[s : s + rows]), np.nan)) for s in range(0, n, rows))
-    top_v, top_r = column_tops(blocks, m, picks)
+    # Columns in groups whose lists take about CHUNK_BYTES, so the merge temporaries stay small; each group
+    # reads its columns of every row block (one more pass over `a` per group, from the page cache).
+    width = max(1, min(m, CHUNK_BYTES // (16 * picks)))
+    parts = []
+    for c0 in range(0, m, width):
+        c1 = min(m, c0 + width)
+        rows = chunk_rows or max(1, CHUNK_BYTES // (8 * (c1 - c0)))
+        blocks = (
+            (s, np.where(ok[s : s + rows, None], values(a[s : s + rows, c0:c1], c0, c1), np.nan))
+            for s in range(0, n, rows)
+        )
+        parts.append(column_tops(blocks, c1 - c0, picks))
+    top_v = np.concatenate([p[0] for p in parts], axis=1)
+    top_r = np.concatenate([p[1] for p in parts], axis=1)
     taken = np.zeros(n, dtype=bool)
     head = np.zeros(m, dtype=np.int64)
     cols = np.arange(m)
@@ -239,7 +255,7 @@ def bids_select(
         while (stale := taken[heads]).any():
             head[stale] += 1
             heads = top_r[head, cols]
-        gain = top_v[head, cols] - mean
+        gain = top_v[head, cols].astype(np.float64) - mean
         best = int(heads[gain == gain.max()].min())
         order.append(best)
         taken[best] = True

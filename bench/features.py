@@ -13,6 +13,9 @@ iteration excluded from every timing:
     on pre-tokenised batches (:class:`LoraGradients` + :class:`FactorizedProjector` + ``bucket_batches``),
     timed piece by piece to show where the time goes.
 (b') ``gradsift-dense``: ``extract_features`` with ``projector="dense"`` (k = 8192, LESS's projection).
+(b_sparse) ``gradsift-adam-sparse``: LESS's Adam-preconditioned features (``optimizer=`` a checkpoint whose
+    Adam moments come from two AdamW steps on the same LoRA), default projector: sparse JL, k = 8192, s = 4.
+(b_dense) ``gradsift-adam-dense``: the same with LESS's dense Rademacher projection (the earlier default).
 (c) ``train``: plain LoRA training steps (forward, backward, AdamW step) over the same length-bucketed
     batches, with gradsift's loss (output head on response tokens only): the throughput limit.
 
@@ -73,11 +76,12 @@ from gradsift.data.records import Example
 from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_examples
 from gradsift.gradients.extract import FeatureConfig, extract_features
 from gradsift.gradients.grads import LayerFactors, LoraGradients
-from gradsift.gradients.projection import FactorizedProjector
+from gradsift.gradients.projection import DenseProjector, FactorizedProjector, SparseProjector
 from gradsift.machine import machine_info
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import LoraSettings, attach_lora, load_adapter
 from gradsift.model.task import SFTTask
+from gradsift.training.warmup import save_optimizer_state
 
 DATA = "/work/shared/data/alpagasus/data/random/random_9k.json.gz"
 LESS_INTERVAL = 16
@@ -414,6 +418,21 @@ def run_train(
 # ------------------------------------------------------------------------------------------------ checks
 
 
+def adam_steps(
+    model: Any, items: Sequence[Encoded], batches: Sequence[list[int]], pad_id: int, device: torch.device, out: Path
+) -> None:
+    """Two AdamW steps on the LoRA, then its moments saved into `out` as a warm-up checkpoint holds them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+    for idx in batches[:2]:
+        batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], pad_id).items()}
+        opt.zero_grad()
+        SFTTask().losses(model, batch).mean().backward()
+        opt.step()
+    save_optimizer_state(model, opt, out)
+
+
 def exact_gradients(model: Any, items: Sequence[Encoded], pad_id: int, device: torch.device) -> torch.Tensor:
     """Full flattened per-example gradients [n, P] (float32, CPU) from gradsift's engine."""
     grads = LoraGradients(model)
@@ -480,10 +499,18 @@ def report(
 ) -> str:
     a, b, c = phases["less"], phases["gradsift"], phases["train"]
     engine, dense = phases["gradsift-engine"], phases["gradsift-dense"]
-    goals = [("b/a", b, a, 3.0 if device.type == "cpu" else 10.0)]
+    sparse_adam, dense_adam = phases["adam-sparse"], phases["adam-dense"]
+    goals = [("b/a", b, a, 3.0 if device.type == "cpu" else 10.0), ("b_sparse/a", sparse_adam, a, 3.0)]
     if device.type == "cpu":
-        goals.append(("b/c", b, c, 0.8))
-    others = [("b'/a", dense, a), ("engine/a", engine, a), ("engine/c", engine, c)]
+        goals += [("b/c", b, c, 0.8), ("b_sparse/c", sparse_adam, c, 0.8)]
+    others = [
+        ("b'/a", dense, a),
+        ("b_dense/a", dense_adam, a),
+        ("b_dense/c", dense_adam, c),
+        ("b_sparse/b_dense", sparse_adam, dense_adam),
+        ("engine/a", engine, a),
+        ("engine/c", engine, c),
+    ]
     table = [
         "| phase | what | examples | seconds | examples/s | examples/CPU-s | cores busy | load (1 min) start -> end "
         "| peak RSS MiB (growth) | peak CUDA MiB |",
@@ -524,8 +551,10 @@ def report(
         f"({1 - sum(info['lengths']) / info['padded']:.0%} padding; (a) runs unpadded). "
         f"Untimed warm-up before each phase: one example (a), a batch of {WARM_ROWS} "
         "(the others).",
-        f"- Projections: (a) and (b') Rademacher k = {args.k}; (b) factorized 16 x 16 per LoRA matrix "
-        f"(rank side kept) = {info['factorized_dim']:,} features.",
+        f"- Projections: (a), (b') and (b_dense) Rademacher k = {args.k}; (b_sparse) sparse JL k = {args.k}, s = 4; "
+        f"(b) factorized 16 x 16 per LoRA matrix (rank side kept) = {info['factorized_dim']:,} features.",
+        "- Adam state of (b_sparse) and (b_dense): the moments of two AdamW steps (lr 1e-4) on the first two "
+        "batches, saved beside the adapter as a warm-up checkpoint saves them; LESS's eps-inside form.",
         "",
         "## Results",
         *table,
@@ -647,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "gradsift": Phase("(b) gradsift", "`extract_features`, default settings, end to end"),
         "gradsift-engine": Phase("(b) engine", "LoraGradients + FactorizedProjector, pre-tokenised"),
         "gradsift-dense": Phase("(b') gradsift dense", f"`extract_features`, projector dense k={args.k}"),
+        "adam-sparse": Phase("(b_sparse) Adam sparse", f"Adam-preconditioned, sparse JL k={args.k} s=4 (default)"),
+        "adam-dense": Phase("(b_dense) Adam dense", f"Adam-preconditioned, dense Rademacher k={args.k}"),
         "train": Phase("(c) train", "LoRA training steps (AdamW), same batches"),
     }
     with tempfile.TemporaryDirectory(prefix="gradsift-bench-") as tmp:
@@ -654,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lora = attach_lora(copy.deepcopy(base.model), LoraSettings(), seed=0, init="gaussian")
         lora.save_pretrained(adapter_dir)
         del lora
+        adam_steps(with_adapter(), items, batches, tok.pad_token_id, device, Path(adapter_dir))
 
         def config(name: str, **kw: Any) -> FeatureConfig:
             return FeatureConfig(
@@ -689,6 +721,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         feats_dense = run_gradsift(
             fresh_base, records, config("d", **dense_kw), config("d-warm", **dense_kw), warm, phases["gradsift-dense"]
         )
+        adam_feats = {}
+        for name, kw in (("adam-sparse", {}), ("adam-dense", {"projector": "dense"})):
+            print(f"({name}) gradsift Adam-preconditioned ...", flush=True)
+            adam_kw = {"optimizer": adapter_dir, "dim": args.k, **kw}
+            adam_feats[name] = run_gradsift(
+                fresh_base, records, config(name, **adam_kw), config(f"{name}-warm", **adam_kw), warm, phases[name]
+            )
         print("(c) LoRA training steps ...", flush=True)
         model = with_adapter()
         run_train(model, items, batches, tok.pad_token_id, device, phases["train"])
@@ -723,6 +762,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         cosine_gram(named["(b) engine (float32)"]), cosine_gram(named["(b) gradsift factorized (store, float16)"])
     )
     checks.append(f"  - (b) engine vs (b) end to end (same matrices): RMS {rms:.1e}, max {worst:.1e}")
+    checks.append(
+        f"- Sparse vs dense JL at equal k = {args.k}, on the exact gradients of the same {check_n} examples "
+        "(cosine Gram vs the exact one; several projection seeds, so the spread shows):"
+    )
+    for seed in range(3):
+        for name, proj in (
+            ("sparse (s = 4)", SparseProjector(exact.shape[1], k=args.k, seed=seed)),
+            ("dense Rademacher", DenseProjector(exact.shape[1], k=args.k, seed=seed)),
+        ):
+            rms, worst = gram_error(cosine_gram(proj.project_flat(exact.cpu().double()).float()), truth)
+            checks.append(f"  - {name}, seed {seed}: RMS {rms:.4f}, max {worst:.4f}")
+    sparse_adam = torch.from_numpy(adam_feats["adam-sparse"][:check_n])
+    dense_adam = torch.from_numpy(adam_feats["adam-dense"][:check_n])
+    rms, worst = gram_error(cosine_gram(sparse_adam), cosine_gram(dense_adam))
+    checks.append(
+        f"  - Adam-preconditioned features, (b_sparse) vs (b_dense) cosine Grams: RMS {rms:.4f}, max {worst:.4f} "
+        "(two independent projections of the same update directions)"
+    )
 
     text = report(args, device, info, phases, checks, (load_before, load_after))
     print(text)

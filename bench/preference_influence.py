@@ -12,7 +12,7 @@ Data: HH-RLHF harmless-base test pairs, kept only if both responses fit ``--max-
 is truncated or dropped; the filter is reported), shuffled with ``--seed`` and split into pool / validation / test.
 
 Everything is cached under ``--cache`` (default ``bench/cache/preference-influence``): the scorers' DPO runs,
-features and log-probabilities (`gradsift.score.preference`), the exact validation gradients, and one JSONL line
+features and log-probabilities (`gradsift.recipes.preference`), the exact validation gradients, and one JSONL line
 per measured pair, so a rerun with the same arguments continues where it stopped. ``--train-eval`` adds DPO on the
 fusion selection, on a random selection of the same size and on the full pool (the warm-up itself), each evaluated
 by preference accuracy and mean margin on the test pairs.
@@ -45,9 +45,9 @@ from gradsift.data.tokenize import bucket_batches, collate, encode_pairs
 from gradsift.machine import cpu_name
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import load_adapter
-from gradsift.model.task import DPOTask
+from gradsift.model.task import DPOTask, pair_logps
 from gradsift.recipes.base import ScoreContext
-from gradsift.score.preference import (
+from gradsift.recipes.preference import (
     FusionScorer,
     IRMScorer,
     LossDiffScorer,
@@ -55,9 +55,8 @@ from gradsift.score.preference import (
     PreferenceSteps,
     TIFScorer,
     adapter_digest,
-    pair_logps,
-    select_pairs,
 )
+from gradsift.selection.band import select_pairs
 from gradsift.stats import overlap, spearman
 from gradsift.training.dpo import pair_row, trl_pair_lengths
 
@@ -82,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-size", type=float, default=1e-2, help="SGD step size eta on the LoRA weights")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--band", type=float, nargs=2, default=(20.0, 80.0), metavar=("LO", "HI"))
-    p.add_argument("--val-init", choices=["base", "warmup"], default="base", help="where theta_val starts")
+    p.add_argument("--val-init", choices=["base", "warmup"], default="warmup", help="where theta_val starts")
     p.add_argument("--lr", type=float, default=5e-4, help="DPO learning rate of the warm-up and theta_val")
     p.add_argument("--batch", type=int, default=8, help="DPO batch size (pairs)")
     p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per scoring batch")
@@ -367,7 +366,8 @@ def train_eval(
     """DPO on the fusion selection, on a random selection of the same size and on the full pool (the warm-up
     itself), each scored by preference accuracy and mean margin on the test pairs. Training and
     evaluation results are cached (``timing.json`` keeps the seconds they took)."""
-    from gradsift.evaluation.tasks import ScoringSettings, evaluate_preference
+    from gradsift.evaluation.loss_tasks import evaluate_preference
+    from gradsift.evaluation.tasks import ScoringSettings
     from gradsift.training.dpo import train_dpo
 
     rng = np.random.default_rng(args.seed + 2)

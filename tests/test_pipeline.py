@@ -106,7 +106,7 @@ def test_demo_pool_has_skills_and_noise():
     assert abs(np.mean([r["task"] == "arithmetic" for r in pool]) - 0.125) < 0.01
 
 
-def test_pair_selection_with_fusion_through_the_pipeline(tmp_path, tiny_model_dir):
+def _pairs(tmp_path) -> tuple[str, str]:
     rows = [
         {"prompt": f"Question {i}: is {i} even?", "chosen": "yes" if i % 2 == 0 else "no", "rejected": "maybe so"}
         for i in range(12)
@@ -115,22 +115,58 @@ def test_pair_selection_with_fusion_through_the_pipeline(tmp_path, tiny_model_di
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     val = tmp_path / "val.jsonl"
     val.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
-    res = run_select(
-        SelectConfig(
-            pool=str(pool),
-            out=str(tmp_path / "o"),
-            kind="pair",
-            methods=["fusion", "irm", "random"],
-            budget="3",
-            model=str(tiny_model_dir),
-            device="cpu",
-            max_length=64,
-            options={"validation": str(val), "dpo_config": {"max_steps": 1, "per_device_train_batch_size": 4}},
-        )
+    return str(pool), str(val)
+
+
+def _pair_cfg(tmp_path, tiny_model_dir, **kw) -> SelectConfig:
+    pool, val = _pairs(tmp_path)
+    return SelectConfig(
+        pool=pool,
+        out=str(tmp_path / "o"),
+        kind="pair",
+        methods=["fusion", "irm", "random"],
+        model=str(tiny_model_dir),
+        device="cpu",
+        max_length=64,
+        options={"validation": val, "dpo_config": {"max_steps": 1, "per_device_train_batch_size": 4}},
+        **kw,
     )
+
+
+def test_pair_selection_with_fusion_through_the_pipeline(tmp_path, tiny_model_dir):
+    res = run_select(_pair_cfg(tmp_path, tiny_model_dir, budget="3"))
     assert set(res.selections) == {"fusion", "irm", "random"}
     selected = [json.loads(line) for line in (res.out / "selected.jsonl").read_text().splitlines()]
     assert 0 < len(selected) <= 3
     assert {"prompt", "chosen", "rejected", "gradsift_score"} <= set(selected[0])
     table = pq.read_table(res.out / "scores.parquet").to_pandas()
     assert len(table) == 12 and "score_irm" in table
+    # a budget given cuts every method to it, band methods included
+    cfg = json.loads((res.out / "config.json").read_text())
+    assert cfg["budget"] == res.budget == 3 and cfg["settings"]["budget"] == "3"
+    assert cfg["n_selected"] == {m: len(rows) for m, rows in res.selections.items()}
+    assert all(n <= 3 for n in cfg["n_selected"].values()) and cfg["n_selected"]["random"] == 3
+    assert cfg["methods"]["irm"]["band_size"] > 3
+
+
+def test_band_methods_keep_their_band_without_a_budget(tmp_path, tiny_model_dir):
+    res = run_select(_pair_cfg(tmp_path, tiny_model_dir))
+    cfg = json.loads((res.out / "config.json").read_text())
+    assert cfg["settings"]["budget"] is None
+    # the top-k methods keep the default 5% (of 12 pairs: 1), the band methods their whole band
+    assert res.budget == cfg["budget"] == 1 and len(res.selections["random"]) == 1
+    for m in ("fusion", "irm"):
+        info = cfg["methods"][m]
+        assert info["budget"] is None and len(res.selections[m]) == info["band_size"] == info["n_in_band"]["all"]
+        assert info["band_size"] > 1
+        in_band = np.flatnonzero(res.scores[m].columns["in_band" if m == "fusion" else "in_band_irm"])
+        assert sorted(res.selections[m]) == in_band.tolist()
+    assert cfg["n_selected"] == {m: len(rows) for m, rows in res.selections.items()}
+    table = pq.read_table(res.out / "scores.parquet").to_pandas()
+    assert table["selected_irm"].sum() == cfg["methods"]["irm"]["band_size"]
+
+
+def test_budget_is_optional_and_checked_when_given():
+    assert SelectConfig(pool="p", out="o").budget is None
+    with pytest.raises(ValueError, match="budget"):
+        SelectConfig(pool="p", out="o", budget="0%")

@@ -30,7 +30,7 @@ def machine_info() -> dict[str, str]:
     """Platform, CPU, memory, GPU and library versions, as strings for a report or a JSON record."""
     import torch
 
-    import gradsift
+    from gradsift.version import __version__
 
     info = {
         "platform": platform.platform(),
@@ -50,5 +50,5 @@ def machine_info() -> dict[str, str]:
         info["cuda"] = str(torch.version.cuda)
     else:
         info["gpu"] = "none (CPU only)"
-    info["gradsift"] = gradsift.__version__
+    info["gradsift"] = __version__
     return info

@@ -4,7 +4,12 @@ This is the Python API behind ``gradsift select``. Outputs in ``out``:
 ``selected.jsonl`` (the first method's selection: original records plus ``gradsift_score``),
 ``selected-<method>.jsonl`` for further methods, ``scores.parquet`` (every candidate, every method's
 score, rank and selection flag) and ``config.json`` (all settings, model and data fingerprints,
-timings), written last, so a directory with ``config.json`` is complete.
+timings, each method's selection size), written last, so a directory with ``config.json`` is complete.
+
+Budget: a budget given keeps that many candidates with every method. Without one each method keeps its own
+default: `gradsift.recipes.base.DEFAULT_BUDGET` (5%) for the methods that keep their top scores and for BIDS,
+the whole middle band for the band methods (TIF, LossDiff, IRM, fusion with ``pref_mode=band``), as their
+paper does. ``config.json`` records each method's selection size under ``n_selected``.
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from gradsift import __version__
 from gradsift.atomic import write_bytes_atomic, write_json_atomic
 from gradsift.data.load import load_examples, load_pairs, write_records
 from gradsift.data.records import Kind, fingerprint
@@ -29,6 +34,7 @@ from gradsift.score.base import Method, Scores
 from gradsift.selection.budget import Budget
 from gradsift.selection.topk import top_k
 from gradsift.stats import task_shares
+from gradsift.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,8 @@ class SelectConfig:
         out: Output directory.
         targets: Target examples (what the model should get better at); needed by target-aware methods.
         methods: Methods to run, e.g. ``["less", "prism"]``; the first one writes ``selected.jsonl``.
-        budget: Count (``"50"``) or fraction (``"5%"``, ``"0.05"``) of the pool to keep.
+        budget: Count (``"50"``) or fraction (``"5%"``, ``"0.05"``) of the pool to keep with every method;
+            None (default): each method's default (module docstring).
         kind: ``sft`` (examples) or ``pair`` (preference pairs).
         model: ``builtin``, a local directory, a ``.gguf`` file or a hub id.
         dtype: Model dtype (``auto``: bfloat16 on capable GPUs, float32 on CPU).
@@ -68,7 +75,7 @@ class SelectConfig:
     out: str
     targets: str | None = None
     methods: list[str] = field(default_factory=lambda: ["random"])
-    budget: str = "5%"
+    budget: str | None = None
     kind: Literal["sft", "pair"] = "sft"
     model: str = "builtin"
     dtype: str = "auto"
@@ -89,7 +96,8 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         self.methods = [m.value for m in Method.parse_list(self.methods)]
-        Budget.parse(self.budget)
+        if self.budget is not None:
+            Budget.parse(self.budget)
         if self.kind not in ("sft", "pair"):
             raise ValueError(f"kind must be 'sft' or 'pair', got {self.kind!r}")
         if self.max_length < 8:
@@ -117,7 +125,16 @@ class SelectConfig:
 
 @dataclass
 class SelectResult:
-    """What a selection run produced."""
+    """What a selection run produced.
+
+    Attributes:
+        out: The output directory.
+        selections: Method -> selected rows, in selection order (each method's own size without a budget).
+        scores: Method -> its scores.
+        n_pool: Candidates in the pool.
+        budget: The budget given, or the default of the methods that keep their top scores, as a count.
+        summary: Method -> task -> shares of the selection and of the pool.
+    """
 
     out: Path
     selections: dict[str, list[int]]
@@ -128,16 +145,14 @@ class SelectResult:
 
 
 def make_scorer(method: Method) -> Recipe:
-    """The scorer of a method."""
-    from gradsift.score.embed import EmbedScorer
-    from gradsift.score.ifd import IFDScorer
-    from gradsift.score.length import LengthScorer
-    from gradsift.score.loss import LossScorer
-    from gradsift.score.preference import FusionScorer, IRMScorer, LossDiffScorer, TIFScorer
-    from gradsift.score.random import RandomScorer
-    from gradsift.score.sft_influence import BidsScorer, LessScorer, PrismScorer
+    """The recipe of a method."""
+    # Imported on first use: the recipes pull in the gradient and training stack, which importing the
+    # pipeline (the public API, the CLI's --help) should not pay for.
+    from gradsift.recipes.baselines import EmbedScorer, IFDScorer, LengthScorer, LossScorer, RandomScorer
+    from gradsift.recipes.preference import FusionScorer, IRMScorer, LossDiffScorer, TIFScorer
+    from gradsift.recipes.sft import BidsScorer, LessScorer, PrismScorer
 
-    scorers: dict[Method, Any] = {
+    recipes: dict[Method, Callable[[], Recipe]] = {
         Method.RANDOM: RandomScorer,
         Method.LENGTH: LengthScorer,
         Method.LOSS: LossScorer,
@@ -152,9 +167,9 @@ def make_scorer(method: Method) -> Recipe:
         Method.IRM: IRMScorer,
         Method.FUSION: FusionScorer,
     }
-    if method not in scorers:
+    if method not in recipes:
         raise NotImplementedError(f"method '{method.value}' is not available in this version of gradsift")
-    return scorers[method]()
+    return recipes[method]()
 
 
 def _check_out(out: Path, cfg: SelectConfig) -> None:
@@ -204,7 +219,7 @@ def run_select(cfg: SelectConfig) -> SelectResult:
     timings["read"] = time.perf_counter() - t
 
     n = len(records)
-    k = Budget.parse(cfg.budget).resolve(n)
+    given = Budget.parse(cfg.budget).resolve(n) if cfg.budget is not None else None
     cached: dict[str, LoadedModel] = {}
 
     def loader() -> LoadedModel:
@@ -224,8 +239,9 @@ def run_select(cfg: SelectConfig) -> SelectResult:
         batch_tokens=cfg.batch_tokens,
         load_model=loader,
         options=options,
-        budget=k,
+        budget=given,
     )
+    k = ctx.top_k_budget
     scores: dict[str, Scores] = {}
     selections: dict[str, list[int]] = {}
     for m in Method.parse_list(cfg.methods):
@@ -254,8 +270,9 @@ def run_select(cfg: SelectConfig) -> SelectResult:
             if targets
             else None,
         },
-        "tokenization": ctx._encoded[1].as_dict() if ctx._encoded else None,
+        "tokenization": ctx.pool_encode_stats.as_dict() if ctx.pool_encode_stats else None,
         "budget": k,
+        "n_selected": {m: len(rows) for m, rows in selections.items()},
         "methods": {m: s.info for m, s in scores.items()},
         "task_shares": summary,
         "timings_s": {k_: round(v, 3) for k_, v in timings.items()},

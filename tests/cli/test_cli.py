@@ -4,9 +4,8 @@ import sys
 
 import pytest
 
-from gradsift import __version__
+from gradsift import __version__, demo_data
 from gradsift.cli.main import main
-from gradsift.data.demo import write_demo_data
 
 
 def test_version_and_help(capsys):
@@ -20,7 +19,7 @@ def test_version_and_help(capsys):
 
 
 def test_select_end_to_end_in_a_subprocess(tmp_path, tiny_model_dir):
-    pool, targets = write_demo_data(tmp_path / "d", n_pool=30, n_targets=3)
+    pool, targets = demo_data(tmp_path / "d", n_pool=30, n_targets=3)
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -76,7 +75,7 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path, capsys, tiny_mo
 def test_missing_arguments_and_yaml_config(tmp_path, capsys, tiny_model_dir):
     assert main(["select", "--method", "random"]) == 2
     assert "--pool" in capsys.readouterr().err
-    pool, _ = write_demo_data(tmp_path / "d", n_pool=20, n_targets=2)
+    pool, _ = demo_data(tmp_path / "d", n_pool=20, n_targets=2)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"pool: {pool}\nout: {tmp_path / 'o'}\nmethods: [random]\nbudget: 5\nmodel: {tiny_model_dir}\n")
     assert main(["select", "--config", str(cfg), "--budget", "4"]) == 0

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from gradsift.data.errors import DataError
-from gradsift.data.load import write_jsonl
-from gradsift.evaluation.run import EvaluateConfig, parse_task, read_prompts, read_task_records, run_evaluate
-from gradsift.evaluation.tasks import BBH_COT_TEMPLATE, ScoringSettings, TaskKind, evaluate_target_loss
+from gradsift.data.load import read_prompts, write_jsonl
+from gradsift.evaluation.loss_tasks import evaluate_target_loss
+from gradsift.evaluation.run import TASKS, EvaluateConfig, parse_task, read_task_records, run_evaluate
+from gradsift.evaluation.tasks import BBH_COT_TEMPLATE, ScoringSettings, TaskKind
 from gradsift.model.load import ModelSettings, load_model
 from gradsift.model.lora import LoraSettings, attach_lora, load_adapter
 
@@ -220,3 +221,7 @@ def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir):
     )
     with pytest.raises(FileNotFoundError, match="not a LoRA adapter directory"):
         run_evaluate(cfg)
+
+
+def test_every_kind_has_a_function():
+    assert set(TASKS) == set(TaskKind)

@@ -1,4 +1,5 @@
-"""Task metrics: answer extraction, likelihood tasks against per-example loops, result files."""
+"""Generation tasks: GSM8K and BIG-Bench-Hard answer extraction, the tasks' metrics against the generated
+outputs, the refusal rate with a plugged judge."""
 
 from __future__ import annotations
 
@@ -6,45 +7,26 @@ import json
 
 import pytest
 import torch
+from evalkit import ex
 from hypothesis import given
 from hypothesis import strategies as st
-from testkit import make_tiny_model
 
 from gradsift.data.errors import DataError
-from gradsift.data.records import Example, Pair
-from gradsift.data.tokenize import IGNORE, encode_messages
-from gradsift.evaluation.generate import GenerationSettings, encode_prompt, generate
-from gradsift.evaluation.tasks import (
-    BBH_COT_TEMPLATE,
-    TASKS,
-    MCItem,
-    ScoringSettings,
-    TaskKind,
+from gradsift.data.records import Example
+from gradsift.evaluation.generate import GenerationSettings, generate
+from gradsift.evaluation.generation_tasks import (
     bbh_answer,
     bbh_correct,
-    build_prompt,
     evaluate_bbh,
     evaluate_gsm8k,
-    evaluate_multiple_choice,
-    evaluate_preference,
     evaluate_refusal,
-    evaluate_target_loss,
-    evaluate_utility,
     gsm8k_prediction,
     gsm8k_reference,
     normalise_number,
-    normalise_text,
-    read_cot_prompt,
-    write_results,
 )
-from gradsift.model.lora import LoraSettings, attach_lora
+from gradsift.evaluation.tasks import build_prompt
 
 torch.set_num_threads(1)
-
-
-def ex(i, question, answer, task=None):
-    msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return Example(id=f"e{i}", messages=msgs, task=task, source="mem.jsonl", line=i + 1)
 
 
 # ------------------------------------------------------------------------------------------------ GSM8K
@@ -137,34 +119,6 @@ def test_bbh_answer():
     assert bbh_answer("") == ""
 
 
-def test_read_cot_prompt_drops_canary(tmp_path):
-    p = tmp_path / "task.txt"
-    p.write_text("BENCHMARK DATA SHOULD NEVER APPEAR. canary GUID 123\n-----\nInfer the date.\n\nQ: x\nA: y\n")
-    assert read_cot_prompt(p) == "Infer the date.\n\nQ: x\nA: y"
-    q = tmp_path / "plain.txt"
-    q.write_text("Q: a\nA: b\n")
-    assert read_cot_prompt(q) == "Q: a\nA: b"
-
-
-def test_build_prompt():
-    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "2+2?"}]
-    out = build_prompt(msgs, fewshot=[("1+1?", "2")], template=BBH_COT_TEMPLATE)
-    assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
-    assert out[1]["content"] == "Q: 1+1?\nA: Let's think step by step."
-    assert out[3]["content"] == "Q: 2+2?\nA: Let's think step by step."
-    text = build_prompt(msgs, fewshot="Q: 1+1?\nA: 2\n")
-    assert text[-1]["content"] == "Q: 1+1?\nA: 2\n\n2+2?"
-    assert msgs[-1]["content"] == "2+2?"  # input untouched
-    with pytest.raises(ValueError, match="question"):
-        build_prompt(msgs, template="Q: {q}")
-    with pytest.raises(ValueError, match="user turn"):
-        build_prompt([{"role": "assistant", "content": "x"}])
-
-
-def test_normalise_text():
-    assert normalise_text("  The Cat, sat!  ") == "cat sat"
-
-
 # ------------------------------------------------------------------------------------------------ generation tasks
 
 
@@ -224,230 +178,3 @@ def test_refusal_rate_uses_the_plugged_judge(tiny_tokenizer, tiny_model):
     assert judge.calls == [(f"harm {i}", outputs[i]) for i in range(3)]
     default = evaluate_refusal(tiny_model, tiny_tokenizer, prompts, settings=settings)
     assert default["metrics"]["judge"] == "PhraseRefusalJudge" and "matched" in default["examples"][0]
-
-
-# ------------------------------------------------------------------------------------------------ likelihood tasks
-
-
-def manual_response_loss(model, tok, example):
-    enc = encode_messages(tok, example.messages, max_length=1024)
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([enc.input_ids])).logits[0]
-    logp = torch.log_softmax(logits.double(), -1)
-    nll = [-logp[t - 1, enc.labels[t]].item() for t in range(1, len(enc)) if enc.labels[t] != IGNORE]
-    return sum(nll) / len(nll), len(nll)
-
-
-EXAMPLES = [
-    ex(0, "hello", "world"),
-    ex(1, "a longer question about several things", "and a rather longer answer to go with it"),
-    ex(2, "x", "y"),
-    ex(3, "count to five", "1 2 3 4 5"),
-    ex(4, "medium prompt", "medium answer here"),
-]
-
-
-def test_target_loss_matches_a_per_example_loop(tiny_tokenizer, tiny_model):
-    res = evaluate_target_loss(tiny_model, tiny_tokenizer, EXAMPLES, ScoringSettings(batch_size=2))
-    manual = [manual_response_loss(tiny_model, tiny_tokenizer, e) for e in EXAMPLES]
-    got = [(r["loss"], r["n_tokens"]) for r in res["examples"]]
-    for (gl, gn), (ml, mn) in zip(got, manual, strict=True):
-        assert gl == pytest.approx(ml, rel=1e-5) and gn == mn
-    assert res["metrics"]["mean_loss"] == pytest.approx(sum(m for m, _ in manual) / len(manual), rel=1e-5)
-    token_mean = sum(m * n for m, n in manual) / sum(n for _, n in manual)
-    assert res["metrics"]["token_mean_loss"] == pytest.approx(token_mean, rel=1e-5)
-    assert res["metrics"]["n_truncated"] == 0
-    with pytest.raises(ValueError):
-        evaluate_target_loss(tiny_model, tiny_tokenizer, [])
-    with pytest.raises(ValueError):
-        ScoringSettings(max_length=1)
-    with pytest.raises(ValueError):
-        ScoringSettings(truncation="middle")  # type: ignore[arg-type]
-
-
-def test_utility_loss_and_exact_match(tiny_tokenizer, tiny_model):
-    settings = GenerationSettings(max_new_tokens=5)
-    greedy = generate(tiny_model, tiny_tokenizer, [e.prompt_messages for e in EXAMPLES[:2]], settings)
-    examples = [ex(0, EXAMPLES[0].messages[0]["content"], greedy[0]), EXAMPLES[1]]
-    res = evaluate_utility(tiny_model, tiny_tokenizer, examples, generation=settings)
-    assert [r["correct"] for r in res["examples"]] == [
-        True,
-        normalise_text(greedy[1]) == normalise_text(examples[1].response),
-    ]
-    target = evaluate_target_loss(tiny_model, tiny_tokenizer, examples)
-    assert res["metrics"]["mean_loss"] == pytest.approx(target["metrics"]["mean_loss"])
-    assert "exact_match" not in evaluate_utility(tiny_model, tiny_tokenizer, examples)["metrics"]
-
-
-def manual_logp(model, tok, prompt_ids, text):
-    cont = tok(text, add_special_tokens=False)["input_ids"]
-    ids = prompt_ids + cont
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
-    total = sum(logp[len(prompt_ids) + k - 1, t].item() for k, t in enumerate(cont))
-    return total, len(cont)
-
-
-MC_QUESTIONS = [
-    ("What colour is the sky?", ["blue", "green", "a deep shade of purple"]),
-    ("Capital of France?", ["Paris", "Rome", "Berlin", "Madrid"]),
-    ("2 + 2 = ?", ["4", "five", "twenty-two"]),
-    ("Pick one", ["x", "yy"]),
-]
-
-
-@pytest.mark.parametrize(
-    ("fmt", "normalisation"), [("text", "token"), ("text", "char"), ("text", "sum"), ("letter", "sum")]
-)
-def test_multiple_choice_matches_a_loop(tiny_tokenizer, tiny_model, fmt, normalisation):
-    manual_scores = []
-    for q, choices in MC_QUESTIONS:
-        if fmt == "letter":
-            options = "\n".join(f"{chr(65 + k)}. {c}" for k, c in enumerate(choices))
-            content, texts = f"{q}\n{options}\nAnswer:", [chr(65 + k) for k in range(len(choices))]
-        else:
-            content, texts = q, choices
-        prompt_ids = encode_prompt(tiny_tokenizer, [{"role": "user", "content": content}])
-        scores = []
-        for text in texts:
-            total, n = manual_logp(tiny_model, tiny_tokenizer, prompt_ids, text)
-            scores.append({"token": total / n, "char": total / len(text), "sum": total}[normalisation])
-        manual_scores.append(scores)
-    best = [max(range(len(s)), key=s.__getitem__) for s in manual_scores]
-    worst = [min(range(len(s)), key=s.__getitem__) for s in manual_scores]
-    # the first two items' answers are the model's choice, the last two are its least likely option
-    answers = [best[0], best[1], worst[2], worst[3]]
-    items = [
-        MCItem(f"q{i}", q, c, a, task="t") for i, ((q, c), a) in enumerate(zip(MC_QUESTIONS, answers, strict=True))
-    ]
-    res = evaluate_multiple_choice(
-        tiny_model, tiny_tokenizer, items, fmt=fmt, normalisation=normalisation, batch_size=3
-    )
-    for row, scores in zip(res["examples"], manual_scores, strict=True):
-        assert row["scores"] == pytest.approx(scores, rel=1e-4, abs=1e-5)
-    assert [r["choice"] for r in res["examples"]] == best
-    assert res["metrics"]["accuracy"] == 0.5 and res["metrics"]["per_task"] == {"t": 0.5}
-
-
-def test_mc_item_validation():
-    assert MCItem("a", "q", ["x", "y", "z"], "C").answer == 2
-    assert MCItem("a", "q", ["x", "y", "z"], "(b)").answer == 1
-    assert MCItem("a", "q", ["x", "y"], "1").answer == 1
-    for bad in [
-        ("q", ["x"], 0),
-        ("q", ["x", "y"], 2),
-        ("q", ["x", "y"], "E"),
-        ("q", ["x", ""], 0),
-        ("q", ["x", "y"], True),
-    ]:
-        with pytest.raises(ValueError):
-            MCItem("a", *bad)
-
-
-def test_mc_item_from_records():
-    mmlu = MCItem.from_record({"question": "q", "choices": ["a", "b", "c", "d"], "answer": 3, "subject": "law"}, "m")
-    assert (mmlu.answer, mmlu.task) == (3, "law")
-    arc = {"question": "q", "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]}, "answerKey": "2"}
-    assert MCItem.from_record(arc, "r").answer == 1
-    arc_letters = {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"}
-    assert MCItem.from_record(arc_letters, "r").answer == 1
-    with pytest.raises(DataError, match="f.jsonl, line 3, field 'question'"):
-        MCItem.from_record({"choices": ["a", "b"], "answer": 0}, "x", "f.jsonl", 3)
-    with pytest.raises(DataError, match="field 'choices'"):
-        MCItem.from_record({"question": "q", "choices": "ab", "answer": 0}, "x")
-    with pytest.raises(DataError, match="field 'answer'"):
-        MCItem.from_record({"question": "q", "choices": ["a", "b"], "answer": 5}, "x")
-    with pytest.raises(DataError, match="field 'answer'"):
-        MCItem.from_record({"question": "q", "choices": ["a", "b"]}, "x")
-
-
-def test_multiple_choice_bad_settings(tiny_tokenizer, tiny_model):
-    items = [MCItem("a", "q", ["x", "y"], 0)]
-    with pytest.raises(ValueError):
-        evaluate_multiple_choice(tiny_model, tiny_tokenizer, items, fmt="cloze")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        evaluate_multiple_choice(tiny_model, tiny_tokenizer, items, normalisation="bytes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        evaluate_multiple_choice(tiny_model, tiny_tokenizer, [])
-
-
-PAIRS = [
-    Pair(id=f"p{i}", prompt=[{"role": "user", "content": q}], chosen=c, rejected=r)
-    for i, (q, c, r) in enumerate(
-        [
-            ("be nice", "sure, happy to help", "no"),
-            ("say hi", "hi", "hello there, friend"),
-            ("a question", "an answer", "a different and much longer answer"),
-            ("x", "y", "z"),
-            ("write a poem", "roses are red", "violets are blue, sugar is sweet"),
-        ]
-    )
-]
-
-
-def summed_logp(model, tok, prompt, response):
-    enc = encode_messages(tok, prompt + [{"role": "assistant", "content": response}], max_length=1024)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=torch.tensor([enc.input_ids])).logits[0].double(), -1)
-    return sum(logp[t - 1, enc.labels[t]].item() for t in range(1, len(enc)) if enc.labels[t] != IGNORE)
-
-
-def test_preference_matches_manual_margins(tiny_tokenizer, tiny_model):
-    model = attach_lora(tiny_model, LoraSettings(rank=4, target_modules=["q_proj", "v_proj"]), seed=1, init="gaussian")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.mul_(20)  # large enough that the policy and reference differ noticeably
-    manual = []
-    for p in PAIRS:
-        pol = summed_logp(model, tiny_tokenizer, p.prompt, p.chosen) - summed_logp(
-            model, tiny_tokenizer, p.prompt, p.rejected
-        )
-        with model.disable_adapter():
-            ref = summed_logp(model, tiny_tokenizer, p.prompt, p.chosen) - summed_logp(
-                model, tiny_tokenizer, p.prompt, p.rejected
-            )
-        manual.append(pol - ref)
-    assert max(abs(m) for m in manual) > 1e-3
-    res = evaluate_preference(model, tiny_tokenizer, PAIRS, beta=0.5, settings=ScoringSettings(batch_size=2))
-    assert [r["margin"] for r in res["examples"]] == pytest.approx(manual, rel=1e-4, abs=1e-4)
-    assert res["metrics"]["accuracy"] == sum(m > 0 for m in manual) / len(manual)
-    assert res["metrics"]["mean_reward_margin"] == pytest.approx(0.5 * sum(manual) / len(manual), rel=1e-4, abs=1e-4)
-
-
-def test_preference_with_a_separate_reference(tiny_tokenizer):
-    policy = make_tiny_model(len(tiny_tokenizer), seed=1)
-    reference = make_tiny_model(len(tiny_tokenizer), seed=2)
-    manual = []
-    for p in PAIRS:
-        c = summed_logp(policy, tiny_tokenizer, p.prompt, p.chosen) - summed_logp(
-            reference, tiny_tokenizer, p.prompt, p.chosen
-        )
-        r = summed_logp(policy, tiny_tokenizer, p.prompt, p.rejected) - summed_logp(
-            reference, tiny_tokenizer, p.prompt, p.rejected
-        )
-        manual.append(c - r)
-    res = evaluate_preference(policy, tiny_tokenizer, PAIRS, reference_model=reference)
-    assert [r["margin"] for r in res["examples"]] == pytest.approx(manual, rel=1e-4, abs=1e-4)
-    with pytest.raises(ValueError, match="needs a reference"):
-        evaluate_preference(policy, tiny_tokenizer, PAIRS)
-    with pytest.raises(ValueError):
-        evaluate_preference(policy, tiny_tokenizer, PAIRS, beta=0.0, reference_model=reference)
-
-
-# ------------------------------------------------------------------------------------------------ registry and files
-
-
-def test_every_kind_has_a_function():
-    assert set(TASKS) == set(TaskKind)
-
-
-def test_write_results_atomic(tmp_path):
-    path = tmp_path / "sub" / "res.json"
-    result = {"task": "gsm8k", "metrics": {"exact_match": 0.5}, "examples": [{"prompt": "é"}]}
-    write_results(path, result)
-    assert json.loads(path.read_text(encoding="utf-8")) == result
-    with pytest.raises(ValueError):
-        write_results(path, {"metrics": {"x": float("nan")}})
-    assert json.loads(path.read_text(encoding="utf-8")) == result  # untouched
-    assert [p.name for p in path.parent.iterdir()] == ["res.json"]  # no temporary file left

@@ -28,7 +28,7 @@ from gradsift.data.tokenize import collate, encode_messages
 from gradsift.gradients.extract import FeatureConfig, extract_features
 from gradsift.gradients.grads import FlatGradients, LoraGradients, pair_groups
 from gradsift.gradients.precondition import AdamState
-from gradsift.gradients.projection import DenseProjector, FactorizedProjector
+from gradsift.gradients.projection import DenseProjector, FactorizedProjector, SparseProjector
 from gradsift.model.load import ModelSettings, load_model
 from gradsift.model.lora import LoraSettings, attach_lora, load_adapter
 from gradsift.model.task import DPOTask, SFTTask
@@ -488,20 +488,33 @@ def warm(tmp_path_factory):
     return {"model": root / "model", "data": data, "epochs": epochs}
 
 
-def test_adam_features_equal_preconditioned_projection_by_hand(tmp_path, warm):
+@pytest.mark.parametrize(("projector", "adam_eps"), [("auto", "inside"), ("dense", "outside")])
+def test_adam_features_equal_preconditioned_projection_by_hand(tmp_path, warm, projector, adam_eps):
     from safetensors.torch import load_file
 
     epoch = warm["epochs"][8]
-    cfg = config(warm["data"], tmp_path / "store", warm["model"], adapter=str(epoch), optimizer=str(epoch), dim=384)
+    cfg = config(
+        warm["data"],
+        tmp_path / "store",
+        warm["model"],
+        adapter=str(epoch),
+        optimizer=str(epoch),
+        dim=384,
+        projector=projector,
+        adam_eps=adam_eps,
+    )
     store = extract_features(cfg, progress=False)
     assert store.settings["projector"]["preconditioner"] == "adam" and store.layout.dim == 384
+    # auto: the sparse JL projector wherever the flat gradient is needed
+    assert store.settings["projector"]["projector"] == ("sparse" if projector == "auto" else "dense")
+    assert store.settings["projector"]["eps_mode"] == adam_eps
     block = store.read()
 
     ref = Reference(cfg)
     moments = load_file(str(epoch / "optimizer.safetensors"))
     meta = json.loads((epoch / "optimizer.json").read_text())
     assert [p["name"] for p in meta["params"]] == [layer.param_name for layer in ref.grads.layers]
-    adam = AdamState(moments["exp_avg"], moments["exp_avg_sq"], *meta["betas"], eps=meta["eps"])
+    adam = AdamState(moments["exp_avg"], moments["exp_avg_sq"], *meta["betas"], eps=meta["eps"], eps_mode=adam_eps)
     assert adam.exp_avg.abs().max() > 0  # the warm-up took steps
     records = sft_records(8)
     rows = [0, 3, 7]
@@ -515,10 +528,15 @@ def test_adam_features_equal_preconditioned_projection_by_hand(tmp_path, warm):
             for i in rows
         ]
     )
-    want = DenseProjector(adam.num_params, k=384, seed=cfg.projection_seed).project_flat(adam.precondition(flat))
+    proj = (
+        SparseProjector(adam.num_params, k=384, seed=cfg.projection_seed)
+        if projector == "auto"
+        else DenseProjector(adam.num_params, k=384, seed=cfg.projection_seed)
+    )
+    want = proj.project_flat(adam.precondition(flat))
     assert_rows_match(block.features[rows], want.numpy())
     # Preconditioning changed the features: they are not the plain gradient's projection.
-    plain = DenseProjector(adam.num_params, k=384, seed=cfg.projection_seed).project_flat(flat).numpy()
+    plain = proj.project_flat(flat).numpy()
     assert not np.allclose(block.features[rows], plain, rtol=0.1)
 
 
@@ -538,9 +556,15 @@ def test_optimizer_of_another_lora_is_refused(tmp_path, warm):
     assert not (tmp_path / "store").exists()
 
 
-def test_optimizer_needs_a_dense_projection():
-    with pytest.raises(ValueError, match="projector 'dense'"):
+def test_optimizer_needs_a_flat_projection():
+    with pytest.raises(ValueError, match="projector 'sparse', 'dense' or 'auto'"):
         FeatureConfig(data="x", out="y", optimizer="ckpt", projector="factorized")
+    with pytest.raises(ValueError, match="sparse_s"):
+        FeatureConfig(data="x", out="y", projector="sparse", dim=100, sparse_s=3)
+    with pytest.raises(ValueError, match="adam_eps"):
+        FeatureConfig(data="x", out="y", adam_eps="between")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="last:K"):
+        FeatureConfig(data="x", out="y", lora_layers="final:3")
 
 
 # --------------------------------------------------------------------------------------- 7. bad rows
@@ -601,7 +625,7 @@ def test_pairs_without_loss_tokens_are_bad_rows(tmp_path, tiny_model_dir, monkey
     [
         ({"kind": "dpo"}, "kind must be one of"),
         ({"response": "both"}, "response must be one of"),
-        ({"projector": "sparse"}, "projector must be one of"),
+        ({"projector": "countsketch"}, "projector must be one of"),
         ({"dim": 0}, "dim must be positive"),
         ({"max_length": 512, "batch_tokens": 256}, "batch_tokens"),
         ({"limit": -1}, "limit must be >= 0"),

@@ -5,7 +5,7 @@ from peft import LoraConfig, get_peft_model
 from testkit import make_tiny_model, make_tiny_tokenizer
 
 from gradsift.data.tokenize import collate, encode_messages
-from gradsift.gradients.grads import FlatGradients, LoraGradients, pair_groups
+from gradsift.gradients.grads import DirectionSink, FlatGradients, LoraGradients, pair_groups
 from gradsift.model.task import DPOTask, SFTTask
 
 
@@ -222,3 +222,25 @@ def test_malformed_batches_are_refused():
         lg.compute(batch, Scalar())
     with pytest.raises(ValueError, match="positive"):
         FlatGradients(0)
+
+
+def test_direction_sink_refuses_a_direction_of_the_wrong_size(tiny_model):
+    from gradsift.model.lora import LoraSettings, attach_lora
+
+    grads = LoraGradients(attach_lora(tiny_model, LoraSettings()))
+    DirectionSink(torch.zeros(grads.num_params), grads.layers)
+    for bad in (torch.zeros(grads.num_params + 1), torch.zeros(2, grads.num_params // 2)):
+        with pytest.raises(ValueError, match="direction must be"):
+            DirectionSink(bad, grads.layers)
+
+
+def test_direction_sink_is_the_inner_product_of_flat_gradients_with_the_direction():
+    tok, model = lora_model(QV)
+    chosen, rejected = _pairs(tok)
+    batch = collate(chosen + rejected, pad_id(tok), "left")
+    grads, task, groups = LoraGradients(model), DPOTask(beta=0.5), pair_groups(len(chosen))
+    flat = grads.compute(batch, task, groups=groups).features
+    direction = torch.randn(grads.num_params, generator=torch.Generator().manual_seed(0), dtype=flat.dtype)
+    got = grads.compute(batch, task, sink=DirectionSink(direction, grads.layers), groups=groups).features
+    assert got.shape == (len(chosen), 1)
+    torch.testing.assert_close(got[:, 0], flat @ direction, rtol=1e-10, atol=1e-12)

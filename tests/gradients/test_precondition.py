@@ -1,16 +1,18 @@
+import json
 import math
-import pickle
 import random
 
 import pytest
 import torch
 from _lora_setup import ALL, QV, encodings, lora_model, lora_params, pad_id
+from safetensors.torch import load_file, save_file
 
 from gradsift.data.tokenize import collate
 from gradsift.gradients.grads import LoraGradients
-from gradsift.gradients.precondition import AdamState, PreconditionedProjector, load_adam_state
-from gradsift.gradients.projection import DenseProjector
+from gradsift.gradients.precondition import AdamState, PreconditionedProjector, load_checkpoint_optimizer
+from gradsift.gradients.projection import DenseProjector, SparseProjector
 from gradsift.model.task import SFTTask
+from gradsift.training.warmup import save_optimizer_state
 
 
 def _state(p=7, seed=0, **kw):
@@ -40,7 +42,12 @@ def test_precondition_uses_the_moments_adamw_itself_would_store():
         w.grad = torch.randn(5, 3)
         opt.step()
     before = AdamState(
-        opt.state[w]["exp_avg"].flatten().clone(), opt.state[w]["exp_avg_sq"].flatten().clone(), 0.85, 0.99, 1e-6
+        opt.state[w]["exp_avg"].flatten().clone(),
+        opt.state[w]["exp_avg_sq"].flatten().clone(),
+        0.85,
+        0.99,
+        1e-6,
+        eps_mode="outside",  # Adam's own form, to compare with the step AdamW takes
     )
     g = torch.randn(5, 3)
     w.grad = g.clone()
@@ -68,8 +75,10 @@ def _expected(opt, model):
     )
 
 
-@pytest.mark.parametrize("layout", ["positional", "named-shuffled", "hf-trainer-groups", "name-keyed"])
+@pytest.mark.parametrize("layout", ["positional", "named-shuffled", "hf-trainer-groups"])
 def test_loader_maps_a_real_adamw_state_to_lora_order(tmp_path, layout):
+    """Whatever order the optimizer holds its parameters in, a warm-up checkpoint's moments come back in the
+    order of the model's LoRA weights, the layout of its flat gradients."""
     tok, model = lora_model(ALL, dtype=torch.float32)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     adam = {"betas": (0.8, 0.97), "eps": 1e-7, "lr": 1e-2}
@@ -81,70 +90,43 @@ def test_loader_maps_a_real_adamw_state_to_lora_order(tmp_path, layout):
         opt = _train_two_steps(model, tok, groups, **adam)
     else:
         opt = _train_two_steps(model, tok, [p for _, p in named], **adam)
-    sd = opt.state_dict()
-    if layout == "name-keyed":  # LESS's optimizer.bin: state keyed by parameter name
-        sd = {"state": {n: sd["state"][i] for i, (n, _) in enumerate(named)}, "param_groups": sd["param_groups"]}
-    torch.save(sd, tmp_path / "optimizer.pt")
+    save_optimizer_state(model, opt, tmp_path)
     lg = LoraGradients(model)
-    st = load_adam_state(tmp_path, lg)
+    m, v, (beta1, beta2), eps = load_checkpoint_optimizer(tmp_path)
+    st = AdamState(m, v, beta1, beta2, eps)
     m, v = _expected(opt, model)
     torch.testing.assert_close(st.exp_avg, m, rtol=0, atol=0)
     torch.testing.assert_close(st.exp_avg_sq, v, rtol=0, atol=0)
     assert (st.beta1, st.beta2, st.eps) == (0.8, 0.97, 1e-7)
     assert st.num_params == lg.num_params and (st.exp_avg != 0).all()
+    saved = json.loads((tmp_path / "optimizer.json").read_text())["params"]
+    assert [(p["name"], tuple(p["shape"])) for p in saved] == [(x.param_name, x.shape) for x in lg.layers]
 
 
-def test_loader_refuses_mismatched_or_unsafe_files(tmp_path):
+def test_loader_refuses_incomplete_or_unsafe_checkpoints(tmp_path):
     tok, model = lora_model(QV, dtype=torch.float32)
-    lg = LoraGradients(model)
-    params = lora_params(model)
-    opt = _train_two_steps(model, tok, params)
-    sd = opt.state_dict()
-    path = tmp_path / "optimizer.pt"
+    opt = _train_two_steps(model, tok, lora_params(model))
+    save_optimizer_state(model, opt, tmp_path)
 
-    torch.save({"state": sd["state"], "param_groups": [{**sd["param_groups"][0], "params": list(range(5))}]}, path)
-    with pytest.raises(ValueError, match="holds 5 parameters"):
-        load_adam_state(path, lg)
+    meta = json.loads((tmp_path / "optimizer.json").read_text())
+    (tmp_path / "optimizer.json").write_text(json.dumps({**meta, "n_params": 5}))
+    with pytest.raises(ValueError, match="n_params=5"):
+        load_checkpoint_optimizer(tmp_path)
 
-    torch.save(sd, path)
-    names = [layer.param_name for layer in lg.layers]
-    swapped = [names[1], names[0], *names[2:]]  # A [8, 32] and B [32, 8] exchanged
-    with pytest.raises(ValueError, match="order does not match"):
-        load_adam_state(path, lg, optimizer_param_names=swapped)
-    with pytest.raises(ValueError, match="names for"):
-        load_adam_state(path, lg, optimizer_param_names=names[:-1])
-    with pytest.raises(ValueError, match="no Adam state"):
-        load_adam_state(path, lg, optimizer_param_names=[n + ".x" for n in names])
+    (tmp_path / "optimizer.json").write_text(json.dumps(meta))
+    moments = load_file(str(tmp_path / "optimizer.safetensors"))
+    save_file({"exp_avg": moments["exp_avg"]}, str(tmp_path / "optimizer.safetensors"))
+    with pytest.raises(ValueError, match="lacks exp_avg_sq"):
+        load_checkpoint_optimizer(tmp_path)
 
-    groups = [{**sd["param_groups"][0], "params": [0, 1]}, {**sd["param_groups"][0], "params": list(range(2, 8))}]
-    groups[1]["betas"] = (0.5, 0.9)
-    torch.save({"state": sd["state"], "param_groups": groups}, path)
-    with pytest.raises(ValueError, match="different Adam betas"):
-        load_adam_state(path, lg)
-
-    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    _train = SFTTask().losses(model, collate(encodings(tok, 2), pad_id(tok))).sum()
-    _train.backward()
-    sgd.step()
-    torch.save(sgd.state_dict(), path)
-    with pytest.raises(ValueError, match="not an Adam state"):
-        load_adam_state(path, lg)
-
-    path.write_bytes(pickle.dumps({"state": {}, "param_groups": [], "evil": _Custom()}))
-    with pytest.raises(ValueError, match="weights_only"):
-        load_adam_state(path, lg)
-    torch.save([1, 2], path)
-    with pytest.raises(ValueError, match="not an optimizer state_dict"):
-        load_adam_state(path, lg)
+    # A pickled optimizer state (HF Trainer's optimizer.pt, LESS's optimizer.bin) is never read.
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(opt.state_dict(), pickled / "optimizer.pt")
+    with pytest.raises(FileNotFoundError, match="optimizer.safetensors"):
+        load_checkpoint_optimizer(pickled)
     with pytest.raises(FileNotFoundError):
-        load_adam_state(tmp_path / "missing.pt", lg)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="optimizer.pt"):
-        load_adam_state(tmp_path / "empty", lg)
-
-
-class _Custom:
-    """An arbitrary object: a weights-only load must refuse to build it."""
+        load_checkpoint_optimizer(tmp_path / "missing")
 
 
 def test_preconditioned_projector_streams_the_materialised_pipeline():
@@ -166,6 +148,30 @@ def test_preconditioned_projector_streams_the_materialised_pipeline():
     assert meta["preconditioner"] == "adam" and meta["dim"] == 256 and pre.seed == 2
     with pytest.raises(ValueError, match="covers"):
         PreconditionedProjector(st, DenseProjector(lg.num_params + 1, k=8))
+
+
+def test_adam_state_defaults_to_less_code_form():
+    # LESS's released code (the one behind its numbers) divides by sqrt(v' + eps), not sqrt(v') + eps.
+    m, v = torch.tensor([1e-3, -2e-3]), torch.tensor([1e-14, 4e-12])
+    st = AdamState(m, v)
+    assert st.eps_mode == "inside"
+    g = torch.tensor([[1e-4, 3e-4]])
+    m_new, v_new = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g.square()
+    torch.testing.assert_close(st.precondition(g), m_new / torch.sqrt(v_new + 1e-8))
+    outside = AdamState(m, v, eps_mode="outside").precondition(g)
+    assert (outside - st.precondition(g)).abs().max() > 0.1 * outside.abs().max()  # the forms really differ
+
+
+def test_sparse_preconditioned_projector_streams_the_materialised_pipeline():
+    tok, model = lora_model(QV)
+    lg = LoraGradients(model)
+    batch = collate(encodings(tok, 4), pad_id(tok), "left")
+    flat = lg.compute(batch, SFTTask()).features
+    g = torch.Generator().manual_seed(1)
+    st = AdamState(torch.randn(lg.num_params, generator=g) * 1e-3, torch.rand(lg.num_params, generator=g) * 1e-6)
+    sparse = SparseProjector(lg.num_params, k=256, seed=2)
+    streamed = lg.compute(batch, SFTTask(), sink=PreconditionedProjector(st, sparse)).features
+    torch.testing.assert_close(streamed, st.precondition(flat) @ sparse.matrix(0, lg.num_params, dtype=flat.dtype))
 
 
 def test_adam_state_validation():

@@ -1,4 +1,4 @@
-"""TIF, LossDiff, IRM and fusion: band logic by hand, scores against per-pair DPO gradients and `DPOTask`, caching."""
+"""TIF, LossDiff, IRM and fusion on a tiny model: options, scores against per-pair gradients and `DPOTask`, caching."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 from testkit import make_tiny_model, make_tiny_tokenizer
 
 from gradsift.data.load import write_jsonl
@@ -20,21 +17,17 @@ from gradsift.model.load import ModelSettings, load_model
 from gradsift.model.lora import load_adapter
 from gradsift.model.task import DPOTask, sequence_logps
 from gradsift.recipes.base import ScoreContext
-from gradsift.score.preference import (
-    DirectionSink,
+from gradsift.recipes.preference import (
     FusionScorer,
     IRMScorer,
     LossDiffScorer,
     PreferenceOptions,
     PreferenceSteps,
     TIFScorer,
-    dpo_loss,
-    percentile_ranks,
-    select_pairs,
 )
-from gradsift.selection.band import percentile_band
+from gradsift.score.preference import dpo_loss
 from gradsift.selection.topk import top_k
-from gradsift.stats import overlap
+from gradsift.stats import overlap, spearman
 
 torch.set_num_threads(1)
 
@@ -77,7 +70,7 @@ def model_dir(tmp_path_factory) -> Path:
     return d
 
 
-def make_ctx(model_dir: Path, workdir: Path, budget: int = 4, pairs=None, **options) -> ScoreContext:
+def make_ctx(model_dir: Path, workdir: Path, budget: int | None = 4, pairs=None, **options) -> ScoreContext:
     return ScoreContext(
         pool=[],
         targets=[],
@@ -103,110 +96,31 @@ def base_model(model_dir: Path):
     return load_model(ModelSettings(model=str(model_dir), device="cpu"))
 
 
+def chain_model(model, adapters: list[Path]):
+    """`model` with `adapters` merged in order, the last one loaded (how theta_val is built), in eval mode."""
+    for adapter in adapters[:-1]:
+        model = load_adapter(model, adapter, trainable=False).merge_and_unload()
+    model = load_adapter(model, adapters[-1], trainable=False)
+    model.eval()
+    return model
+
+
 def pair_batch(tokenizer, pairs: list[Pair]) -> dict[str, torch.Tensor]:
     encoded, _ = encode_pairs(tokenizer, pairs, MAX_LENGTH)
     return collate([c for c, _ in encoded] + [r for _, r in encoded], tokenizer.pad_token_id)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Band and top-k logic on hand-built scores
-
-
-def test_band_selection_by_hand():
-    values = np.arange(10.0)  # percentiles 20/80 are 1.8 and 7.2: the band is 2..7
-    sel = select_pairs({"x": values}, budget=4)
-    np.testing.assert_array_equal(np.flatnonzero(sel.in_band["x"]), [2, 3, 4, 5, 6, 7])
-    # Mid-rank percentiles 25, 35, 45, 55, 65, 75 for 2..7: 45 and 55 are nearest the centre 50 (tie: row order).
-    assert sel.selected == [4, 5, 3, 6]
-    assert top_k(sel.score, 4).indices == sel.selected
-    assert np.isnan(sel.score[[0, 1, 8, 9]]).all()
-    assert sel.info["band"]["limits"]["x"] == pytest.approx([1.8, 7.2])
-    assert sel.info["n_in_band"] == {"x": 6, "all": 6} and sel.info["n_selected"] == 4
-    assert select_pairs({"x": values}, budget=4, order="high").selected == [7, 6, 5, 4]
-    assert select_pairs({"x": values}, budget=0).selected == [4, 5, 3, 6, 2, 7]
-    short = select_pairs({"x": values}, budget=8)
-    assert short.selected == [4, 5, 3, 6, 2, 7] and short.info["shortfall"] == 2
-    assert select_pairs({"x": values}, budget=0, lo=0, hi=100).info["n_in_band"]["x"] == 10
-
-
-def test_unscored_pairs_are_never_selected():
-    values = np.array([np.nan, 0.0, 1.0, 2.0, 3.0, 4.0, np.inf])
-    sel = select_pairs({"x": values}, budget=0, lo=0, hi=100)
-    assert sorted(sel.selected) == [1, 2, 3, 4, 5] and sel.info["n_scored"] == 5
-    np.testing.assert_allclose(percentile_ranks(values)[1:6], [10, 30, 50, 70, 90])
-    assert np.isnan(percentile_ranks(values)[[0, 6]]).all()
-    assert select_pairs({"x": values}, budget=2, mode="topk").selected == [5, 4]
-
-
-def test_fusion_is_the_intersection_of_both_bands():
-    a = np.array([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
-    b = np.array([9.0, 1, 8, 3, 4, 2, 6, 5, 0, 7])
-    sel = select_pairs({"a": a, "b": b}, budget=0)
-    np.testing.assert_array_equal(sel.in_band["all"], percentile_band(a) & percentile_band(b))
-    assert sorted(sel.selected) == np.flatnonzero(sel.in_band["all"]).tolist() == [3, 4, 5, 6, 7]
-    # Centre order: the larger of the two distances from 50 (a's and b's mid-rank percentiles).
-    ra, rb = percentile_ranks(a), percentile_ranks(b)
-    dist = np.maximum(abs(ra - 50), abs(rb - 50))
-    assert sel.selected == sorted([3, 4, 5, 6, 7], key=lambda i: (dist[i], i))
-    assert sel.selected == [4, 3, 6, 5, 7]  # distances 5, 15, 15, 25, 25
-    # Top-k of a fusion: the lower of the two percentile ranks.
-    top = select_pairs({"a": a, "b": b}, budget=2, mode="topk")
-    assert top.selected == [9, 6]  # ranks (95, 75) and (65, 65); row 2 and 0 have a low rank in one score
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    values=arrays(np.float64, st.integers(1, 40), elements=st.floats(-1e6, 1e6) | st.just(np.nan)),
-    lo=st.floats(0, 60),
-    width=st.floats(1, 40),
-    budget=st.integers(0, 50),
-    order=st.sampled_from(["centre", "high"]),
-)
-def test_band_selection_invariants(values, lo, width, budget, order):
-    if not np.isfinite(values).any():
-        with pytest.raises(ValueError, match="no usable score"):
-            select_pairs({"x": values}, budget, lo, lo + width, order=order)
-        return
-    sel = select_pairs({"x": values}, budget, lo, lo + width, order=order)
-    band = percentile_band(values, lo, lo + width)
-    assert len(set(sel.selected)) == len(sel.selected)
-    assert all(band[i] for i in sel.selected)
-    assert len(sel.selected) == (band.sum() if budget == 0 else min(budget, band.sum()))
-    priorities = sel.score[sel.selected]
-    assert np.all(np.diff(priorities) <= 0)
-    if budget:
-        assert top_k(sel.score, budget).indices == sel.selected
-
-
-@pytest.mark.parametrize(
-    ("columns", "kwargs", "message"),
-    [
-        ({}, {}, "no score column"),
-        ({"a": np.zeros(3), "b": np.zeros(4)}, {}, "one non-zero length"),
-        ({"a": np.zeros((2, 2))}, {}, "1-D"),
-        ({"a": np.arange(3.0)}, {"lo": 80, "hi": 20}, "percentile band"),
-        ({"a": np.arange(3.0)}, {"budget": -1}, "budget must be >= 0"),
-        ({"a": np.arange(3.0)}, {"budget": 0, "mode": "topk"}, "at least 1"),
-        ({"a": np.full(3, np.nan)}, {}, "no usable score"),
-    ],
-)
-def test_select_pairs_bad_input(columns, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        select_pairs(columns, **{"budget": 2, **kwargs})
-
-
-def test_overlap_and_dpo_loss():
-    assert overlap([1, 2, 3], [3, 4]) == {
-        "n_a": 3,
-        "n_b": 2,
-        "shared": 1,
-        "jaccard": 0.25,
-        "share_of_a": 1 / 3,
-        "share_of_b": 0.5,
-    }
-    m = np.array([-2000.0, -1.0, 0.0, 3.0, 2000.0])
-    expected = -torch.nn.functional.logsigmoid(torch.tensor(BETA * m)).numpy()
-    np.testing.assert_allclose(dpo_loss(m, BETA), expected, rtol=1e-12)
+def chain_losses(model_dir: Path, adapters: list[Path]) -> np.ndarray:
+    """DPO losses [N] of the pool under `chain_model(base, adapters)`, with the base model as reference (DPOTask's
+    adapter-disabled reference would be the merged adapters here)."""
+    lm = base_model(model_dir)
+    model = chain_model(lm.model, adapters)
+    batch = pair_batch(lm.tokenizer, POOL)
+    with torch.no_grad():
+        pol = sequence_logps(model, batch)[0]
+        ref = sequence_logps(base_model(model_dir).model, batch)[0]
+    n = len(POOL)
+    return dpo_loss(((pol[:n] - ref[:n]) - (pol[n:] - ref[n:])).double().numpy(), BETA)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,6 +226,24 @@ def test_every_scorer_selects_inside_its_band(scored):
     json.dumps([s.info for s in out.values()])  # config.json material
 
 
+def test_band_methods_keep_their_whole_band_without_a_budget(scored, model_dir):
+    ctx, out = scored
+    unbudgeted = make_ctx(model_dir, ctx.workdir, budget=None)
+    bands = {"tif": "in_band_if", "lossdiff": "in_band_lossdiff", "irm": "in_band_irm", "fusion": "in_band"}
+    scorers = {"tif": TIFScorer, "lossdiff": LossDiffScorer, "irm": IRMScorer, "fusion": FusionScorer}
+    for name, cls in scorers.items():
+        s = cls().score(unbudgeted)
+        band = np.flatnonzero(s.columns[bands[name]])
+        # the whole band, not the 5% of a top-k method
+        assert sorted(s.selected) == band.tolist() and len(band) > unbudgeted.top_k_budget
+        assert s.info["band_size"] == s.info["n_selected"] == len(band) and s.info["budget"] is None
+        # the budget given (4, the `scored` context's) cuts the same band, centre first
+        assert out[name].info["band_size"] == len(band) and out[name].selected == s.selected[: ctx.budget]
+    # top-k mode has no band to keep: without a budget it keeps the default share of the pool
+    top = IRMScorer().score(make_ctx(model_dir, ctx.workdir, budget=None, pref_mode="topk"))
+    assert len(top.selected) == unbudgeted.top_k_budget == 1  # 5% of 12 pairs
+
+
 @pytest.fixture(scope="module")
 def exact_gradients(scored, model_dir) -> tuple[np.ndarray, np.ndarray]:
     """Slow reference: each pool pair's flat DPO gradient [N, P] and the summed validation gradient [P] at the
@@ -357,8 +289,8 @@ def test_lossdiff_and_irm_match_dpo_task_with_the_adapters(scored, model_dir):
             return task.losses(model, batch).double().numpy(), task.margins(model, batch).double().numpy()
 
     loss_w, m_w = losses_and_margins(steps.warmup)
-    loss_v, _ = losses_and_margins(steps.theta_val_chain[-1])
-    assert steps.theta_val_chain == [steps.theta_val_chain[-1]]  # val_init=base: theta_val starts from the base
+    loss_v = chain_losses(model_dir, steps.theta_val_chain)
+    assert steps.theta_val_chain[0] == steps.warmup  # val_init=warmup (default): theta_val starts from the warm-up
     np.testing.assert_allclose(out["irm"].columns["irm"], BETA * m_w, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(out["lossdiff"].columns["loss_warmup"], loss_w, rtol=1e-5)
     np.testing.assert_allclose(out["lossdiff"].columns["lossdiff"], loss_w - loss_v, rtol=1e-4, atol=1e-7)
@@ -386,28 +318,55 @@ def test_second_run_reuses_every_cached_step(scored, model_dir):
     assert len(list(root.glob("dpo-pool-*"))) == 2
 
 
-def test_theta_val_from_the_warmup(model_dir, tmp_path):
-    ctx = make_ctx(model_dir, tmp_path, val_init="warmup", pref_mode="topk")
+def test_theta_val_from_the_base(model_dir, tmp_path):
+    ctx = make_ctx(model_dir, tmp_path, val_init="base", pref_mode="topk")
     out = LossDiffScorer().score(ctx)
     steps = PreferenceSteps(ctx, PreferenceOptions.from_options(ctx.options), "lossdiff")
     chain = steps.theta_val_chain
-    assert chain[0] == steps.warmup and len(chain) == 2
-    assert out.info["dpo_val"]["init"] == [str(steps.warmup)] and out.info["val_init"] == "warmup"
-    # Reference: the warm-up merged into the base, theta_val's adapter on top, the base model as reference.
-    lm = base_model(model_dir)
-    merged = load_adapter(lm.model, chain[0], trainable=False).merge_and_unload()
-    model = load_adapter(merged, chain[1], trainable=False)
-    model.eval()
-    batch = pair_batch(lm.tokenizer, POOL)
-    with torch.no_grad():
-        pol = sequence_logps(model, batch)[0]
-        ref = sequence_logps(base_model(model_dir).model, batch)[0]
-    n = len(POOL)
-    m_val = ((pol[:n] - ref[:n]) - (pol[n:] - ref[n:])).double().numpy()
-    np.testing.assert_allclose(out.columns["loss_val"], dpo_loss(m_val, BETA), rtol=1e-5)
+    assert len(chain) == 1 and chain[0] != steps.warmup
+    assert out.info["dpo_val"]["init"] == [] and out.info["val_init"] == "base"
+    # Reference: theta_val's adapter on the base model, the base model as reference.
+    np.testing.assert_allclose(out.columns["loss_val"], chain_losses(model_dir, chain), rtol=1e-5)
     # Top-k mode: the highest LossDiff values.
     assert out.selected == top_k(out.columns["lossdiff"], ctx.budget).indices
     np.testing.assert_array_equal(out.score, out.columns["lossdiff"])
+
+
+def test_theta_val_from_the_warmup_by_default(scored, model_dir):
+    ctx, out = scored
+    steps = PreferenceSteps(ctx, PreferenceOptions.from_options(ctx.options), "lossdiff")
+    chain = steps.theta_val_chain
+    assert chain[0] == steps.warmup and len(chain) == 2
+    lossdiff = out["lossdiff"]
+    assert lossdiff.info["dpo_val"]["init"] == [str(steps.warmup)] and lossdiff.info["val_init"] == "warmup"
+    # Reference: the warm-up merged into the base, theta_val's adapter on top, the base model as reference.
+    np.testing.assert_allclose(lossdiff.columns["loss_val"], chain_losses(model_dir, chain), rtol=1e-5)
+
+
+# One plain SGD step of DPO on all of V for theta_val (and on the pool for the warm-up): the first-order regime.
+SMALL_STEP = {**FAST, "optim": "sgd", "learning_rate": 1e-2, "per_device_train_batch_size": 32}
+RANK_POOL = make_pairs(24, salt=5)
+RANK_VAL = make_pairs(6, prefix="v", salt=3)
+
+
+def lossdiff_and_influence(model_dir: Path, workdir: Path, **options) -> tuple[np.ndarray, np.ndarray]:
+    ctx = make_ctx(model_dir, workdir, pairs=RANK_POOL, validation=RANK_VAL, dpo_config=SMALL_STEP, **options)
+    fusion = FusionScorer().score(ctx)
+    return fusion.columns["lossdiff"], fusion.columns["if"]
+
+
+def test_lossdiff_ranks_pairs_like_the_influence(model_dir, tmp_path):
+    # theta_val = theta_w - eta * grad L(V; theta_w) to first order, so LossDiff(d) = l(theta_w; d) -
+    # l(theta_val; d) = eta * <g(d), grad L(V)> = eta * IF(d) / |V| (the paper: positively correlated with IF).
+    lossdiff, influence = lossdiff_and_influence(model_dir, tmp_path)
+    assert spearman(lossdiff, influence) >= 0.9
+
+
+def test_lossdiff_from_the_base_does_not_rank_like_the_influence(model_dir, tmp_path):
+    # From the base model theta_val hardly moves at this step: l(theta_val; d) is about log 2 for every pair and
+    # LossDiff about softplus(-IRM(d)), a decreasing function of IRM, whatever the validation set.
+    lossdiff, influence = lossdiff_and_influence(model_dir, tmp_path, val_init="base")
+    assert spearman(lossdiff, influence) < 0.5
 
 
 def test_dense_projection_stays_within_the_johnson_lindenstrauss_bound(scored, exact_gradients, model_dir):
@@ -427,14 +386,3 @@ def test_fusion_without_tif(scored, model_dir):
     fusion = FusionScorer().score(make_ctx(model_dir, ctx.workdir, compare_tif=False))
     assert "tif" not in fusion.info and "if" not in fusion.columns and "features" not in fusion.info
     assert fusion.selected == out["fusion"].selected
-
-
-def test_direction_sink_refuses_a_direction_of_the_wrong_size(tiny_model):
-    from gradsift.gradients.grads import LoraGradients
-    from gradsift.model.lora import LoraSettings, attach_lora
-
-    grads = LoraGradients(attach_lora(tiny_model, LoraSettings()))
-    DirectionSink(torch.zeros(grads.num_params), grads.layers)
-    for bad in (torch.zeros(grads.num_params + 1), torch.zeros(2, grads.num_params // 2)):
-        with pytest.raises(ValueError, match="direction must be"):
-            DirectionSink(bad, grads.layers)

@@ -199,7 +199,7 @@ def test_prism_step_on_candidate_changes_preference_margin_by_lr_times_score(
         lm = torch.stack([ref.mean_loss(e) for e in enc_minus])
     # pi_q = pbar(y+) / (pbar(y+) + pbar(y-)) at the pre-step weights, then held fixed
     pi = torch.sigmoid(lm - lp)
-    np.testing.assert_allclose(res.scores["prism"].info["preference_weights"], pi.numpy(), atol=1e-4)
+    np.testing.assert_allclose(res.scores["prism"].info["preference_weights"]["base"], pi.numpy(), atol=1e-4)
 
     def margin() -> torch.Tensor:
         # mean_q pi_q (log pbar(y+|q) - log pbar(y-|q)) = mean_q pi_q (lbar(q, y-) - lbar(q, y+))

@@ -1,4 +1,4 @@
-"""LESS, PRISM and BIDS end to end through ``gradsift select`` (score/sft_influence.py; methods.md sections 1, 2, 4).
+"""LESS, PRISM and BIDS end to end through ``gradsift select`` (recipes/sft.py; methods.md sections 1, 2, 4).
 
 Every score is recomputed here from the feature stores the run left in its cache, with plain numpy
 (cosines, per-task means, PRISM's preference-weighted direction, BIDS' z-scores), so the tests check the
@@ -21,7 +21,7 @@ import gradsift.gradients.extract
 import gradsift.training.warmup
 from gradsift.data.demo import make_targets, write_demo_data
 from gradsift.data.load import load_examples
-from gradsift.data.records import Kind, fingerprint
+from gradsift.data.records import Example, Kind, fingerprint
 from gradsift.pipeline import SelectConfig, run_select
 from gradsift.selection.bids import bids_select, coverage
 from gradsift.store.features import FeatureStore
@@ -30,6 +30,7 @@ torch.set_num_threads(1)
 
 BUDGET = 6
 N_POOL = 24
+WARM = {"warmup": "less", "warmup_epochs": 2, "dim": 64}
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +120,10 @@ def nowarm(tmp_path_factory, model_dir, data):
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory, model_dir, data):
-    """LESS, PRISM and BIDS after a 2-epoch warm-up, two-task targets with ``rejected``."""
+    """LESS, PRISM and BIDS after a 2-epoch warm-up, two-task targets with ``rejected``; PRISM warms up because
+    the warm-up is asked for explicitly."""
     root = tmp_path_factory.mktemp("warm")
-    res = _run(
-        model_dir, data, root / "out", root / "cache", ["less", "prism", "bids"], "two", warmup_epochs=2, dim=64
-    )
+    res = _run(model_dir, data, root / "out", root / "cache", ["less", "prism", "bids"], "two", **WARM)
     return res, root / "cache"
 
 
@@ -154,8 +154,9 @@ def test_outputs_without_warmup(nowarm, data):
     assert any(k.startswith("features/base/pool-") for k in info["less"]["timings_s"])
     assert info["less"]["aggregation"] == "task-max" and info["less"]["bad_rows"] == 0
     assert info["prism"]["n_generated_rejected"] == 4 and info["prism"]["reduction"] == "sum"
-    assert len(info["prism"]["preference_weights"]) == 4
-    assert all(0 < p < 1 for p in info["prism"]["preference_weights"])
+    assert list(info["prism"]["preference_weights"]) == ["base"]
+    assert len(info["prism"]["preference_weights"]["base"]) == 4
+    assert all(0 < p < 1 for p in info["prism"]["preference_weights"]["base"])
     assert [c["task"] for c in info["bids"]["coverage"]] == ["arithmetic"]
     assert {"coverage_less_task_max", "excluded"} <= set(info["bids"])
 
@@ -260,9 +261,9 @@ def test_prism_variants_from_stores(model_dir, data, tmp_path):
     token_mean = _feats(pool)
     summed = token_mean * pool.read().extras["tokens"].astype(np.float64)[:, None]
 
-    np.testing.assert_allclose(default.info["preference_weights"], pi, atol=1e-4)
+    np.testing.assert_allclose(default.info["preference_weights"]["base"], pi, atol=1e-4)
     np.testing.assert_allclose(default.score, summed @ direction, rtol=1e-4, atol=1e-6)
-    assert uniform.info["preference_weights"] == [1.0] * 6
+    assert uniform.info["preference_weights"] == {"base": [1.0] * 6}
     np.testing.assert_allclose(uniform.score, summed @ (gp - gm).mean(axis=0), rtol=1e-4, atol=1e-6)
     assert not np.allclose(uniform.score, default.score, rtol=1e-3)
     np.testing.assert_allclose(cosine.score, _cos(summed, direction[None])[:, 0], rtol=1e-4, atol=1e-6)
@@ -270,7 +271,7 @@ def test_prism_variants_from_stores(model_dir, data, tmp_path):
     assert mean.info["reduction"] == "mean"
 
 
-def test_less_with_warmup_uses_adam_features_and_shared_dense_projection(warm, data):
+def test_less_with_warmup_uses_adam_features_and_shared_sparse_projection(warm, data):
     res, cache = warm
     info = res.scores["less"].info
     ckpts = info["checkpoints"]
@@ -291,14 +292,16 @@ def test_less_with_warmup_uses_adam_features_and_shared_dense_projection(warm, d
     tasks = _tasks(data["two"])
     a = np.zeros((N_POOL, len(tasks)))
     for c, w in zip(ckpts, weights, strict=True):
-        pool = _store(cache, f"{c['name']}/pool-*-chosen-mean-adam-dense-*")
-        targets = _store(cache, f"{c['name']}/targets-*-chosen-mean-dense-*")
+        pool = _store(cache, f"{c['name']}/pool-*-chosen-mean-adam-sparse-*")
+        targets = _store(cache, f"{c['name']}/targets-*-chosen-mean-sparse-*")
         # candidates: Adam update directions from this checkpoint's moments; targets: plain gradients
         assert pool.settings["optimizer"] is not None and targets.settings["optimizer"] is None
         assert pool.settings["projector"]["preconditioner"] == "adam"
-        # ... both through the same dense projection, so their cosines compare like with like
+        # LESS's released code puts eps inside the square root (the default; --option adam_eps=outside: paper)
+        assert pool.settings["projector"]["eps_mode"] == "inside"
+        # ... both through the same sparse JL projection, so their cosines compare like with like
         shared = {k: v for k, v in pool.settings["projector"].items() if k in targets.settings["projector"]}
-        assert shared == targets.settings["projector"] and shared["projector"] == "dense" and shared["dim"] == 64
+        assert shared == targets.settings["projector"] and shared["projector"] == "sparse" and shared["dim"] == 64
         a += w * _cos(_feats(pool), _feats(targets))
     expected = np.max(list(_per_task_means(a, tasks).values()), axis=0)
     np.testing.assert_allclose(res.scores["less"].score, expected, rtol=1e-4)
@@ -317,11 +320,89 @@ def test_second_run_reuses_warmup_and_feature_stores(warm, model_dir, data, tmp_
 
     monkeypatch.setattr(gradsift.training.warmup, "make_sft_trainer", forbidden)
     monkeypatch.setattr(gradsift.gradients.extract, "_fill", forbidden)
-    again = _run(model_dir, data, tmp_path / "again", cache, ["less", "prism", "bids"], "two", warmup_epochs=2, dim=64)
+    again = _run(model_dir, data, tmp_path / "again", cache, ["less", "prism", "bids"], "two", **WARM)
     assert _mtimes(cache) == before
     for m in ("less", "prism", "bids"):
         np.testing.assert_array_equal(again.scores[m].score, res.scores[m].score)
         assert again.selections[m] == res.selections[m]
+
+
+def test_prism_scores_at_the_model_given_by_default(nowarm, model_dir, data, tmp_path, monkeypatch):
+    res, cache = nowarm
+
+    def no_warmup(*args, **kwargs):
+        raise AssertionError("PRISM warmed up without being asked to")
+
+    monkeypatch.setattr(gradsift.training.warmup, "run_warmup", no_warmup)
+    before = _mtimes(cache)
+    default = _run(model_dir, data, tmp_path / "default", cache, ["prism"])
+    assert default.scores["prism"].info["checkpoints"] == [
+        {"name": "base", "adapter": None, "optimizer": None, "weight": 1.0}
+    ]
+    # the same run as warmup=none: every store and the greedy y- are reused, the scores are equal
+    np.testing.assert_array_equal(default.scores["prism"].score, res.scores["prism"].score)
+    assert _mtimes(cache) == before
+
+
+def test_less_and_bids_keep_their_warmup_while_prism_takes_the_model_given(warm, model_dir, data, tmp_path):
+    res, cache = warm
+    options = {k: v for k, v in WARM.items() if k != "warmup"}
+    less_files = {k: v for k, v in _mtimes(cache).items() if "/epoch-" in k or "/warmup-" in k}
+    again = _run(model_dir, data, tmp_path / "again", cache, ["less", "prism", "bids"], "two", **options)
+    info = again.scores
+    assert info["prism"].info["checkpoints"] == [{"name": "base", "adapter": None, "optimizer": None, "weight": 1.0}]
+    for m in ("less", "bids"):
+        assert info[m].info["checkpoints"] == res.scores[m].info["checkpoints"]
+        np.testing.assert_array_equal(info[m].score, res.scores[m].score)
+        assert again.selections[m] == res.selections[m]
+    # LESS's and BIDS's warm-up and feature stores keep their cache keys: all reused, nothing rewritten
+    assert len(list(cache.glob("warmup-*"))) == 1
+    assert {k: v for k, v in _mtimes(cache).items() if k in less_files} == less_files
+
+
+def _lora_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def test_prism_with_a_warmup_generates_y_minus_at_each_checkpoint(warm, model_dir, data, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from gradsift.model.lora import is_peft_model
+
+    res, cache = warm
+    calls: list[dict[str, torch.Tensor]] = []
+
+    def fake_generate(model, tokenizer, prompts, settings=None, progress=False):
+        assert is_peft_model(model), "y- was generated by the base model, not by the checkpoint"
+        calls.append(_lora_state(model))
+        return [f"wrong answer {len(calls)} {i}" for i in range(len(prompts))]
+
+    monkeypatch.setattr(gradsift.evaluation.generate, "generate", fake_generate)
+    out = _run(model_dir, data, tmp_path / "out", cache, ["prism"], **WARM)
+    info = out.scores["prism"].info
+    ckpts = info["checkpoints"]
+    assert [c["name"] for c in ckpts] == ["epoch-1", "epoch-2"] and ckpts == res.scores["less"].info["checkpoints"]
+    assert info["n_generated_rejected"] == 4 and len(calls) == 2
+    targets = load_examples(str(data["targets"]), kind=Kind.TARGET)
+    for i, (c, state) in enumerate(zip(ckpts, calls, strict=True)):
+        # the generating model carries exactly this checkpoint's adapter
+        saved = load_file(str(Path(c["adapter"], "adapter_model.safetensors")))
+        assert state.keys() == saved.keys()
+        assert all(torch.equal(state[k], saved[k]) for k in saved)
+        # ... and this checkpoint's y- is what its rejected-response gradients were taken on
+        own = [
+            Example(id=t.id, messages=t.messages, task=t.task, rejected=f"wrong answer {i + 1} {j}")
+            for j, t in enumerate(targets)
+        ]
+        store = _store(cache, f"{c['name']}/targets-{fingerprint(own)[:8]}-rejected-mean-*")
+        assert store.layout.n_rows == len(targets) and store.settings["response"] == "rejected"
+    assert any(not torch.equal(calls[0][k], calls[1][k]) for k in calls[0])  # two models, two y-
+    # each checkpoint's own preference weights
+    assert list(info["preference_weights"]) == ["epoch-1", "epoch-2"]
+    assert all(len(w) == 4 for w in info["preference_weights"].values())
+    assert len(list(cache.glob("prism-greedy-*.json"))) == 2
 
 
 @pytest.mark.parametrize("method", ["less", "prism", "bids"])
@@ -340,7 +421,7 @@ def test_missing_targets_is_a_clear_error(model_dir, data, tmp_path, method):
         ("prism", {"warmup": "none", "prism_reduction": "max"}, "option prism_reduction must be one of sum, mean"),
         ("prism", {"warmup": "none", "prism_uniform": "sometimes"}, "option prism_uniform must be true or false"),
         ("less", {"warmup": "none", "dim": "big"}, "option dim must be an integer"),
-        ("less", {"warmup": "none", "projector": "sparse"}, "projector must be one of auto, dense, factorized"),
+        ("less", {"warmup": "none", "projector": "tiled"}, "projector must be one of auto, dense, factorized"),
         ("less", {"warmup_epochs": 1.5}, "option warmup_epochs must be an integer"),
         ("less", {"warmup_lr": "fast"}, "option warmup_lr must be a number"),
         ("less", {"adapter": "some/dir"}, "option adapter is the checkpoint of warmup=none"),
@@ -352,3 +433,19 @@ def test_bad_options_fail_before_any_work(model_dir, data, tmp_path, method, opt
         _run(model_dir, data, tmp_path / "out", cache, [method], **options)
     # nothing was generated, trained or extracted before the option was read
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_adam_eps_and_lora_layers_options_reach_the_warmup_and_the_stores(warm, model_dir, data, tmp_path):
+    res, cache = warm
+    outside = _run(model_dir, data, tmp_path / "outside", cache, ["less"], "two", **WARM, adam_eps="outside")
+    pools = sorted((cache / "features" / "epoch-1").glob("pool-*-chosen-mean-adam-sparse-*"))
+    assert {FeatureStore.load(p).settings["projector"]["eps_mode"] for p in pools} == {"inside", "outside"}
+    assert not np.allclose(outside.scores["less"].score, res.scores["less"].score)  # the two forms differ
+    last = _run(
+        model_dir, data, tmp_path / "last", tmp_path / "cache-last", ["less"], "two", **WARM, lora_layers="last:1"
+    )
+    ckpt = Path(last.scores["less"].info["checkpoints"][0]["adapter"])
+    adapter = json.loads((ckpt / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == [1]  # the tiny model's last decoder layer
+    store = FeatureStore.load(next((tmp_path / "cache-last" / "features" / "epoch-1").glob("pool-*-adam-*")))
+    assert store.settings["lora_params"] < FeatureStore.load(pools[0]).settings["lora_params"]

@@ -1,5 +1,6 @@
 """The bench report from a small synthetic results set: sections, numbers, embedded figures, escaping,
-no external resources; the derived tables (task shares, Jaccard, extremes) against direct computations."""
+no external resources; the extremes tables against a direct computation. (The task shares and Jaccard
+overlaps the report shows are computed by the benchmark package: tests/benchmark/test_bench_reportdata.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradsift.evaluation.bench import BenchmarkInfo, MethodSelection, PoolItem, ReportData
+from gradsift.benchmark.reportdata import selection_summary
+from gradsift.report.data import BenchmarkInfo, MethodSelection, PoolItem, ReportData
 from gradsift.report.html import SECTIONS, render_html
 from gradsift.report.markdown import fmt, markdown_table, render_markdown, results_table, truncate
 from gradsift.report.plots import FIGURES, make_figures
@@ -122,6 +124,7 @@ def synthetic(n_pool: int = 40) -> ReportData:
             "feasibility_rank": 2,
         },
     ]
+    shares, overlap = selection_summary(pool, selections)
     return ReportData(
         title="synthetic <scenario>",
         created="2026-01-02 03:04 UTC",
@@ -136,6 +139,8 @@ def synthetic(n_pool: int = 40) -> ReportData:
         feasibility=feasibility,
         pool=pool,
         selections=selections,
+        task_shares=shares,
+        overlap=overlap,
         unavailable={"prism": "method 'prism' is not available in this version of gradsift"},
         notes=["gsm: no PIR ratio (full-data score 0)"],
     )
@@ -199,23 +204,6 @@ def test_top_and_bottom_examples_follow_the_scores(data):
         assert f">{fmt(s)}<" in html and f">p{i}<" in html
 
 
-def test_task_shares_and_jaccard_against_direct_counts(data):
-    tasks, shares = data.task_shares()
-    labels = [p.task or "(none)" for p in data.pool]
-    assert set(tasks) == set(labels)
-    for s in data.selections:
-        for t in tasks:
-            assert shares[s.method][t] == pytest.approx(sum(labels[i] == t for i in s.rows) / len(s.rows))
-    assert sum(shares["pool"].values()) == pytest.approx(1.0)
-    names, mat = data.jaccard()
-    for i, a in enumerate(data.selections):
-        for j, b in enumerate(data.selections):
-            sa, sb = set(a.rows), set(b.rows)
-            assert mat[i, j] == pytest.approx(len(sa & sb) / len(sa | sb))
-    # expected overlap of two uniform 8-of-40 selections, from the hypergeometric mean 8 * 8 / 40
-    assert data.random_jaccard() == pytest.approx(1.6 / (16 - 1.6))
-
-
 def test_markdown_has_the_same_tables(data):
     md = render_markdown(data, {"pir_vs_sdf": "figures/pir_vs_sdf.png"})
     for heading in (
@@ -238,6 +226,7 @@ def test_markdown_has_the_same_tables(data):
 def test_nothing_to_plot_gives_no_figure_and_the_page_still_renders():
     empty = synthetic()
     empty.selections = []
+    empty.task_shares, empty.overlap = selection_summary(empty.pool, [])
     empty.efficiency = []
     empty.table = empty.table.iloc[0:0]
     figs = make_figures(empty)

@@ -100,6 +100,22 @@ def test_checkpoints_weighted_and_bad_rows():
     np.testing.assert_allclose(out.scores[[0, 3]], [0.5625, 0.6], rtol=1e-6)
 
 
+def test_per_checkpoint_losses_give_each_checkpoint_its_own_weights():
+    # checkpoint 1 keeps the losses above (pi = 0.75, 0.2); checkpoint 2 swaps the targets' losses (pi = 0.2, 0.75)
+    lp = np.stack([LOSS_CHOSEN, LOSS_CHOSEN[::-1]])
+    lm = np.stack([LOSS_REJECTED, LOSS_REJECTED[::-1]])
+    out = prism_scores([CANDIDATES, CANDIDATES], [G_CHOSEN, G_CHOSEN], [G_REJECTED, G_REJECTED], lp, lm)
+    np.testing.assert_allclose(out.preference, [[0.75, 0.2], [0.2, 0.75]])
+    second = (0.2 * np.array([1.0, -1, 0]) + 0.75 * np.array([0, 0, 2])) / 2
+    np.testing.assert_allclose(out.directions, [DIRECTION, second])
+    np.testing.assert_allclose(out.scores, CANDIDATES @ (DIRECTION + second), rtol=1e-6)
+    # one set of losses [M] weighs both checkpoints alike
+    shared = prism_scores([CANDIDATES, CANDIDATES], [G_CHOSEN, G_CHOSEN], [G_REJECTED, G_REJECTED], lp[0], lm[0])
+    np.testing.assert_allclose(shared.directions, [DIRECTION, DIRECTION])
+    with pytest.raises(ValueError, match=r"\[C=2, M\]"):
+        prism_scores([CANDIDATES, CANDIDATES], [G_CHOSEN, G_CHOSEN], [G_REJECTED, G_REJECTED], lp[:1], lm[:1])
+
+
 def test_prism_bad_input():
     with pytest.raises(ValueError, match="checkpoints"):
         prism_scores([CANDIDATES], [G_CHOSEN, G_CHOSEN], [G_REJECTED], LOSS_CHOSEN, LOSS_REJECTED)

@@ -151,7 +151,7 @@ def test_bad_data_names_the_file_and_line(tmp_path, tiny_model_dir):
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     """The settings `run_train` derives are the same on a rerun, so the run directory's checkpoint is resumed."""
-    import gradsift.training.sft as sft
+    import gradsift.training.common as common
 
     cfg = TrainConfig(
         data=str(sft_file(tmp_path, 8)),
@@ -164,12 +164,12 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_mode
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies after training, before the run is marked done
 
-    real_finish = sft.finish_run
-    monkeypatch.setattr(sft, "finish_run", killed)
+    real_finish = common.finish_run
+    monkeypatch.setattr(common, "finish_run", killed)
     with pytest.raises(KeyboardInterrupt):
         run_train(cfg)
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    monkeypatch.setattr(sft, "finish_run", real_finish)
+    monkeypatch.setattr(common, "finish_run", real_finish)
     result = run_train(cfg)
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-4")
     assert result.global_step == 4 and not list((tmp_path / "run").glob("checkpoint-*"))

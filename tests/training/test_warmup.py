@@ -11,9 +11,9 @@ from peft import PeftModel
 from trainkit import FAST, make_examples
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, get_scheduler
 
+from gradsift.gradients.precondition import load_checkpoint_optimizer
 from gradsift.training.warmup import (
     WarmupSettings,
-    load_checkpoint_optimizer,
     load_warmup,
     run_warmup,
     sample_pool,

@@ -1,5 +1,5 @@
-"""`gradsift train`, `gradsift evaluate` and `gradsift bench`: thin layers over `gradsift.training.run`,
-`gradsift.evaluation.run` and `gradsift.evaluation.bench`.
+"""`gradsift train`, `gradsift evaluate` and `gradsift bench`: thin layers over `gradsift.train`,
+`gradsift.evaluate` and `gradsift.bench`.
 
 Each ``add_*_parser(sub)`` adds one subcommand to the parser's subcommands and sets its ``func``; flags left
 out fall back to the ``--config`` YAML file, then to the API's defaults.
@@ -8,7 +8,12 @@ out fall back to the ``--config`` YAML file, then to the API's defaults.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from typing import Any
+
+import gradsift
+from gradsift.cli.args import add_model_args, comma_list, flag_values, parse_options, require
 
 TRAIN_KEYS = (
     "data",
@@ -63,32 +68,12 @@ EVALUATE_KEYS = (
 )
 
 
-def _values(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The config file's settings (``--config``) overridden by the flags given."""
-    from gradsift.cli.main import _load_yaml
-
-    values: dict[str, Any] = _load_yaml(args.config) if getattr(args, "config", None) else {}
-    for key in keys:
-        v = getattr(args, key, None)
-        if v is not None:
-            values[key] = v
-    return values
-
-
-def _require(values: dict[str, Any], keys: tuple[str, ...]) -> None:
-    missing = [k for k in keys if not values.get(k)]
-    if missing:
-        raise ValueError("missing " + " and ".join("--" + m.replace("_", "-") for m in missing))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # train
 
 
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``gradsift train`` to `sub` (the parser's subcommands)."""
-    from gradsift.cli.main import _add_model_args
-
     p = sub.add_parser(
         "train",
         help="fine-tune a LoRA adapter on a data file (SFT or DPO); resumes after a kill",
@@ -122,35 +107,30 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming an unfinished run")
     p.add_argument("--overwrite", action="store_true", help="replace a run with other settings, or retrain")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_train)
     return p
 
 
-def train_config(args: argparse.Namespace) -> Any:
+def train_config(args: argparse.Namespace) -> gradsift.TrainConfig:
     """The `TrainConfig` the flags and ``--config`` file describe."""
-    from gradsift.cli.main import _parse_options
-    from gradsift.training.run import TrainConfig
-
-    values = _values(args, TRAIN_KEYS)
+    values = flag_values(args, TRAIN_KEYS)
     if args.lora_targets:
-        values["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        values["lora_targets"] = comma_list(args.lora_targets)
     if args.no_resume:
         values["resume"] = False
     if args.overwrite:
         values["overwrite"] = True
     if args.no_progress:
         values["progress"] = False
-    values["options"] = {**values.get("options", {}), **_parse_options(args.option or [])}
-    _require(values, ("data", "out"))
-    return TrainConfig(**values)
+    values["options"] = {**values.get("options", {}), **parse_options(args.option or [])}
+    require(values, ("data", "out"))
+    return gradsift.TrainConfig(**values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gradsift.training.run import run_train
-
     cfg = train_config(args)
-    result = run_train(cfg)
+    result = gradsift.train(cfg)
     if result.reused:
         print(f"{cfg.out} already holds this finished run ({result.global_step} steps); nothing trained")
     else:
@@ -170,8 +150,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``gradsift evaluate`` to `sub`."""
-    from gradsift.cli.main import _add_model_args
-
     p = sub.add_parser(
         "evaluate",
         help="score a model (and adapter) on a task; results JSON with per-example outputs",
@@ -205,29 +183,25 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompt-field", help="refusal: the prompt column")
     p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at (default) or skip invalid records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_evaluate)
     return p
 
 
-def evaluate_config(args: argparse.Namespace) -> Any:
+def evaluate_config(args: argparse.Namespace) -> gradsift.EvaluateConfig:
     """The `EvaluateConfig` the flags and ``--config`` file describe."""
-    from gradsift.evaluation.run import EvaluateConfig
-
-    values = _values(args, EVALUATE_KEYS)
+    values = flag_values(args, EVALUATE_KEYS)
     if args.utility_generate:
         values["utility_generate"] = True
     if args.no_progress:
         values["progress"] = False
-    _require(values, ("task", "data", "out"))
-    return EvaluateConfig(**values)
+    require(values, ("task", "data", "out"))
+    return gradsift.EvaluateConfig(**values)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gradsift.evaluation.run import run_evaluate
-
     cfg = evaluate_config(args)
-    result = run_evaluate(cfg)
+    result = gradsift.evaluate(cfg)
     metrics = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in result["metrics"].items()
@@ -264,34 +238,27 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def bench_config(args: argparse.Namespace) -> Any:
+def bench_config(args: argparse.Namespace) -> gradsift.BenchConfig:
     """The `BenchConfig` of the file, size and flags."""
-    import os
-
-    from gradsift.evaluation.bench import BenchConfig
-
     overrides: dict[str, Any] = {}
     for key in ("out", "results"):
         v = getattr(args, key)
         if v is not None:
             overrides[key] = os.path.abspath(v)
     if args.methods:
-        overrides["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+        overrides["methods"] = comma_list(args.methods)
     if args.device:
         overrides["device"] = args.device
     if args.progress:
         overrides["progress"] = True
     if args.overwrite:
         overrides["overwrite"] = True
-    return BenchConfig.from_yaml(args.config, size=args.size, overrides=overrides)
+    return gradsift.BenchConfig.from_yaml(args.config, size=args.size, overrides=overrides)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-
-    from gradsift.evaluation.bench import run_bench
-    from gradsift.report.markdown import fixed, fmt, pct
 
     cfg = bench_config(args)
     if not args.progress:
@@ -301,7 +268,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         disable_progress_bar()
         hf_logging.disable_progress_bar()
-    result = run_bench(cfg)
+    result = gradsift.bench(cfg)
     console = Console()
     table = Table(title=f"gradsift bench {cfg.name}: efficiency per budget (report.html has the rest)")
     for h in ("budget", "method", "SDF", "PIR", "efficiency", "rank"):
@@ -310,13 +277,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_row(
             str(r["budget"]),
             str(r["method"]),
-            pct(r["sdf"]),
-            fixed(r["pir"]),
-            fmt(r.get("efficiency"), 3),
-            fmt(r.get("efficiency_rank")),
+            _number(r["sdf"], ".1%"),
+            _number(r["pir"], ".4f"),
+            _number(r.get("efficiency"), ".3g"),
+            _number(r.get("efficiency_rank"), ".4g"),
         )
     console.print(table)
     for m, why in result.unavailable.items():
         console.print(f"method {m} not run: {why}")
     console.print(f"results: {result.results}/results.csv, report.html, report.md")
     return 0
+
+
+def _number(x: Any, spec: str) -> str:
+    """`x` in format `spec` as the bench report shows it: ``-`` when missing or NaN, whole numbers as integers
+    in the ``g`` formats."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    if math.isnan(v):
+        return "-"
+    if spec.endswith("g") and v.is_integer() and abs(v) < 1e6:
+        return str(int(v))
+    return format(v, spec)

@@ -6,92 +6,98 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from gradsift import __version__
+import gradsift
+from gradsift.cli.args import add_model_args, comma_list, flag_values, parse_options, require
+from gradsift.cli.commands import add_bench_parser, add_evaluate_parser, add_train_parser
 
-Command = Callable[[argparse.Namespace], int]
+SELECT_KEYS = (
+    "pool",
+    "out",
+    "targets",
+    "budget",
+    "kind",
+    "model",
+    "dtype",
+    "device",
+    "pool_format",
+    "targets_format",
+    "max_length",
+    "batch_tokens",
+    "seed",
+    "loss_order",
+    "length_order",
+    "pool_limit",
+    "on_invalid",
+    "targets_limit",
+    "cache_dir",
+)
+FEATURE_KEYS = (
+    "data",
+    "out",
+    "kind",
+    "response",
+    "model",
+    "dtype",
+    "device",
+    "adapter",
+    "optimizer",
+    "lora_rank",
+    "lora_alpha",
+    "lora_seed",
+    "lora_layers",
+    "adam_eps",
+    "projector",
+    "dim",
+    "sparse_s",
+    "k_in",
+    "k_out",
+    "projection",
+    "projection_seed",
+    "reduction",
+    "beta",
+    "max_length",
+    "batch_tokens",
+    "max_batch",
+    "store_dtype",
+    "fmt",
+    "limit",
+    "on_invalid",
+)
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: config file not found")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: a config file must hold a mapping of option names to values")
-    return {k.replace("-", "_"): v for k, v in data.items()}
-
-
-def _parse_options(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--option expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
-    return out
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="'builtin' (SmolLM2-135M-Instruct), a local HF directory, a .gguf file or a hub id")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default auto)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-
-
-def _select_config(args: argparse.Namespace) -> Any:
-    from gradsift.pipeline import SelectConfig
-
-    values: dict[str, Any] = _load_yaml(args.config) if args.config else {}
-    for key in (
-        "pool",
-        "out",
-        "targets",
-        "budget",
-        "kind",
-        "model",
-        "dtype",
-        "device",
-        "pool_format",
-        "targets_format",
-        "max_length",
-        "batch_tokens",
-        "seed",
-        "loss_order",
-        "length_order",
-        "pool_limit",
-        "on_invalid",
-        "targets_limit",
-        "cache_dir",
-    ):
-        v = getattr(args, key, None)
-        if v is not None:
-            values[key] = v
+def select_config(args: argparse.Namespace) -> gradsift.SelectConfig:
+    """The `SelectConfig` the flags and ``--config`` file describe."""
+    values = flag_values(args, SELECT_KEYS)
     if args.method is not None:
         values["methods"] = args.method
     if args.overwrite:
         values["overwrite"] = True
-    values["options"] = {**values.get("options", {}), **_parse_options(args.option or [])}
-    missing = [k for k in ("pool", "out") if not values.get(k)]
-    if missing:
-        raise ValueError("missing " + " and ".join("--" + m for m in missing))
-    return SelectConfig(**values)
+    values["options"] = {**values.get("options", {}), **parse_options(args.option or [])}
+    require(values, ("pool", "out"))
+    return gradsift.SelectConfig(**values)
 
 
-def _print_summary(result: Any) -> None:
+def feature_config(args: argparse.Namespace) -> gradsift.FeatureConfig:
+    """The `FeatureConfig` the flags and ``--config`` file describe."""
+    values = flag_values(args, FEATURE_KEYS)
+    if args.lora_targets:
+        values["lora_targets"] = comma_list(args.lora_targets)
+    if args.overwrite:
+        values["overwrite"] = True
+    require(values, ("data", "out"))
+    return gradsift.FeatureConfig(**values)
+
+
+def _print_summary(result: gradsift.SelectResult) -> None:
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     console = Console(stderr=False)
-    table = Table(title=f"gradsift select: {result.budget} of {result.n_pool} candidates per method")
+    table = Table(title=f"gradsift select: {result.n_pool} candidates")
     for col in ("method", "selected", "mean score: selected / pool", "most selected task (share vs pool)"):
         table.add_column(col)
     for m, rows in result.selections.items():
@@ -112,21 +118,16 @@ def _print_summary(result: Any) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from gradsift.pipeline import run_select
-
-    result = run_select(_select_config(args))
+    result = gradsift.select(select_config(args))
     _print_summary(result)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gradsift.data.demo import write_demo_data
-    from gradsift.pipeline import SelectConfig, run_select
-
     out = Path(args.out)
-    pool, targets = write_demo_data(out / "data", n_pool=args.n_pool, n_targets=args.n_targets, seed=args.seed)
+    pool, targets = gradsift.demo_data(out / "data", n_pool=args.n_pool, n_targets=args.n_targets, seed=args.seed)
     print(f"demo data: {pool} ({args.n_pool} examples, 8 skills, ~15% noisy answers), {targets} (arithmetic)")
-    cfg = SelectConfig(
+    cfg = gradsift.SelectConfig(
         pool=str(pool),
         targets=str(targets),
         out=str(out / "selection"),
@@ -140,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # no warm-up: the base model is the single checkpoint, which keeps the demo to a few minutes
         options={"warmup": "none", "prism_max_new_tokens": 48},
     )
-    result = run_select(cfg)
+    result = gradsift.select(cfg)
     _print_summary(result)
     print("\ntarget skill 'arithmetic' among the selected examples vs the pool's base rate:")
     for m, shares in result.summary.items():
@@ -150,49 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from gradsift.gradients.extract import FeatureConfig, extract_features
-
-    values: dict[str, Any] = _load_yaml(args.config) if args.config else {}
-    for key in (
-        "data",
-        "out",
-        "kind",
-        "response",
-        "model",
-        "dtype",
-        "device",
-        "adapter",
-        "optimizer",
-        "lora_rank",
-        "lora_alpha",
-        "lora_seed",
-        "projector",
-        "dim",
-        "k_in",
-        "k_out",
-        "projection",
-        "projection_seed",
-        "reduction",
-        "beta",
-        "max_length",
-        "batch_tokens",
-        "max_batch",
-        "store_dtype",
-        "fmt",
-        "limit",
-        "on_invalid",
-    ):
-        v = getattr(args, key, None)
-        if v is not None:
-            values[key] = v
-    if args.lora_targets:
-        values["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-    if args.overwrite:
-        values["overwrite"] = True
-    missing = [k for k in ("data", "out") if not values.get(k)]
-    if missing:
-        raise ValueError("missing " + " and ".join("--" + m for m in missing))
-    store = extract_features(FeatureConfig(**values))
+    store = gradsift.features(feature_config(args))
     if int(os.environ.get("RANK", "0")) == 0:
         layout = store.layout
         print(
@@ -206,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradsift", description="Pick the fine-tuning data worth training on (gradient-influence selection)."
     )
-    parser.add_argument("--version", action="version", version=f"gradsift {__version__}")
+    parser.add_argument("--version", action="version", version=f"gradsift {gradsift.__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -222,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="target examples (what the model should get better at)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--method", help="method(s), comma-separated: random, length, loss, perplexity")
-    p.add_argument("--budget", help="count (50) or fraction (5%% or 0.05) to select; default 5%%")
+    p.add_argument(
+        "--budget",
+        help="count (50) or fraction (5%% or 0.05) to select; default: 5%% for top-k methods and BIDS, the whole "
+        "middle band for tif, lossdiff, irm and fusion",
+    )
     p.add_argument("--kind", choices=["sft", "pair"], help="sft examples (default) or preference pairs")
     p.add_argument("--pool-format", help="force the pool's format instead of detecting it")
     p.add_argument("--targets-format", help="force the targets' format")
@@ -237,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-order", choices=["long", "short"], help="length baseline keeps long (default) or short")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="further method option (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser(
@@ -257,8 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=int, help="alpha of a fresh LoRA (default 16)")
     p.add_argument("--lora-targets", help="modules of a fresh LoRA, comma-separated (default q_proj,v_proj)")
     p.add_argument("--lora-seed", type=int, help="seed of a fresh LoRA (default 0)")
-    p.add_argument("--projector", choices=["auto", "dense", "factorized"], help="default auto (factorized)")
-    p.add_argument("--dim", type=int, help="dense projection dimension (default 8192)")
+    p.add_argument(
+        "--lora-layers", help="decoder layers of a fresh LoRA: last:K or a list such as 0,5,7 (default all)"
+    )
+    p.add_argument(
+        "--adam-eps",
+        choices=["inside", "outside"],
+        help="Adam feature m'/sqrt(v'+eps) (default, LESS code) or outside",
+    )
+    p.add_argument(
+        "--projector",
+        choices=["auto", "dense", "factorized", "sparse"],
+        help="default auto: factorized, sparse with --optimizer",
+    )
+    p.add_argument("--dim", type=int, help="sparse/dense projection dimension (default 8192)")
+    p.add_argument("--sparse-s", type=int, help="sparse projection: non-zeros per column (default 4)")
     p.add_argument("--k-in", type=int, help="factorized: input-side size per layer (default 16)")
     p.add_argument("--k-out", type=int, help="factorized: output-side size per layer (default 16)")
     p.add_argument("--projection", choices=["rademacher", "gaussian"], help="projection entries")
@@ -273,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N records")
     p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at (default) or skip invalid records")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser(
@@ -291,8 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="builtin", help="model (default builtin)")
     p.set_defaults(func=cmd_demo)
-
-    from gradsift.cli.commands import add_bench_parser, add_evaluate_parser, add_train_parser
 
     add_train_parser(sub)
     add_evaluate_parser(sub)

@@ -1,4 +1,5 @@
-"""Load candidate pools, target sets and preference pairs as canonical records; write JSONL atomically.
+"""Load candidate pools, target sets, preference pairs, multiple-choice items and prompts as canonical records;
+write JSONL atomically.
 
 Ids: a record's own ``id`` column when it has one (strings, or integers written as strings), else the
 :func:`~gradsift.data.records.content_id` of its canonical content (turns and rejected response; not
@@ -23,7 +24,7 @@ from gradsift.atomic import write_bytes_atomic
 from gradsift.data.errors import DataError
 from gradsift.data.formats import FieldMap, Format, Parsed, Schema, infer_schema
 from gradsift.data.readers import read_rows
-from gradsift.data.records import Example, Kind, Pair, content_id
+from gradsift.data.records import Example, Kind, MCItem, Pair, content_id
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 OnInvalid = Literal["raise", "skip"]
 # Skipped records whose reasons are logged.
 _LOGGED_SKIPS = 5
+
+PROMPT_COLUMNS = ("prompt", "goal", "question", "instruction", "query", "input")
+"""Columns tried, in order, for the prompt of a prompt-only record (`read_prompts`)."""
 
 
 def load_examples(
@@ -222,6 +226,92 @@ def _assign_ids(parsed: Sequence[tuple[int, Parsed]], source: str | Path, id_fie
     if n_repeats:
         logger.warning("%s: %d records repeat an earlier record exactly; kept with suffixed ids", source, n_repeats)
     return ids
+
+
+def read_mc_items(source: str | Path, split: str | None = None, on_invalid: OnInvalid = "raise") -> list[MCItem]:
+    """Multiple-choice items (`MCItem.from_record` formats); ids from an ``id`` column or the content.
+
+    Raises:
+        DataError: The source is unreadable, a record is malformed (with ``on_invalid="raise"``), or none is valid.
+    """
+    items: list[MCItem] = []
+    for line, row in read_rows(source, split=split):
+        rid = str(row["id"]) if row.get("id") is not None else content_id(row)
+        try:
+            items.append(MCItem.from_record(row, rid, str(source), line))
+        except DataError:
+            if on_invalid == "raise":
+                raise
+    if not items:
+        raise DataError("no valid multiple-choice records", source)
+    return items
+
+
+def read_prompts(source: str | Path, prompt_field: str | None = None, split: str | None = None) -> list[Example]:
+    """Prompts to answer (responses, if any, ignored): a ``.txt`` file with one per line, or records.
+
+    A record's prompt is its chat turns up to the last assistant turn (``messages``/``conversations``
+    columns), else the text in `prompt_field` or the first of :data:`PROMPT_COLUMNS` it has.
+
+    Returns:
+        Examples holding only the prompt turns (their ``rejected``/``task`` unset).
+
+    Raises:
+        DataError: The source is unreadable, has no prompt column, or a prompt is empty.
+    """
+    path = Path(source)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise DataError("no such file", path)
+        lines = [(i, t.strip()) for i, t in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+        rows: list[tuple[int, dict[str, Any]]] = [(i, {"prompt": t}) for i, t in lines if t]
+        if not rows:
+            raise DataError("no prompts: the file has no non-empty line", path)
+    else:
+        rows = list(read_rows(source, split=split))
+    prompts: list[Example] = []
+    for line, row in rows:
+        chat = row.get("messages", row.get("conversations"))
+        if prompt_field is None and isinstance(chat, list):
+            probe = prompt_turns(chat, source, line)
+        else:
+            column = prompt_field or next((c for c in PROMPT_COLUMNS if c in row), None)
+            if column is None or column not in row:
+                wanted = prompt_field or " or ".join(PROMPT_COLUMNS)
+                raise DataError(f"no prompt column ({wanted}); found {list(row)}", source, line, prompt_field)
+            text = row[column]
+            if not isinstance(text, str) or not text.strip():
+                raise DataError("the prompt must be non-empty text", source, line, column)
+            probe = [{"role": "user", "content": text}]
+        rid = str(row["id"]) if row.get("id") is not None else f"{content_id(probe)}-{line}"
+        prompts.append(Example(id=rid, messages=probe, raw=row, source=str(source), line=line))
+    return prompts
+
+
+def prompt_turns(chat: list[Any], source: str | Path, line: int) -> list[dict[str, str]]:
+    """Prompt turns of a chat given as ``{"role", "content"}`` or ``{"from", "value"}`` turns.
+
+    Returns:
+        The turns before the last assistant turn (all turns when there is none), in role/content form.
+
+    Raises:
+        DataError: A malformed turn, or no user turn in the prompt.
+    """
+    roles = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+    turns: list[dict[str, str]] = []
+    for turn in chat:
+        if not isinstance(turn, dict):
+            raise DataError("a chat turn must be an object", source, line, "messages")
+        role = roles.get(str(turn.get("role", turn.get("from", ""))).lower())
+        content = turn.get("content", turn.get("value"))
+        if role is None or not isinstance(content, str):
+            raise DataError(f"malformed chat turn {turn!r}"[:200], source, line, "messages")
+        turns.append({"role": role, "content": content})
+    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=len(turns))
+    prompt = turns[:last]
+    if not any(t["role"] == "user" for t in prompt):
+        raise DataError("the prompt has no user turn", source, line, "messages")
+    return prompt
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:

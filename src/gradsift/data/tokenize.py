@@ -60,8 +60,23 @@ class EncodeStats:
         return {"n": self.n, "n_truncated": self.n_truncated, "truncated_ids": self.truncated_ids[:50]}
 
 
-def _segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
-    """Split a rendered chat into `(text, is_loss)` segments."""
+def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """Split a rendered chat into `(text, is_loss)` segments.
+
+    The texts, joined, are the chat as the tokenizer's template renders it (or gradsift's plain
+    ``### User:`` / ``### Assistant:`` layout without a template); ``is_loss`` marks each assistant turn's
+    response, end-of-turn marker included.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        messages: Chat turns ``{"role", "content"}``.
+
+    Returns:
+        The segments in order.
+
+    Raises:
+        ValueError: The chat template does not render conversations prefix by prefix.
+    """
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         segs: list[tuple[str, bool]] = []
@@ -141,7 +156,7 @@ def encode_messages(
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
-    ids, mask = _tokenize_segments(tokenizer, _segments(tokenizer, messages))
+    ids, mask = _tokenize_segments(tokenizer, segments(tokenizer, messages))
     truncated = len(ids) > max_length
     if truncated:
         if truncation == "left":

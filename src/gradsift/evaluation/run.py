@@ -1,18 +1,18 @@
 """`evaluate`: score a model (optionally with a LoRA adapter) on one task and write the results as JSON.
 
 The Python API behind ``gradsift evaluate``: reads the task's records, loads the model and adapter, runs the
-task's function from `gradsift.evaluation.tasks` and writes its result dict (metrics plus one entry per record
-with the prompt, the output or choice, the reference and whether it was right) with this run's settings,
-the model's provenance and the time taken.
+task's function (`TASKS`; the kinds are described in `gradsift.evaluation.tasks`) and writes its result dict
+(metrics plus one entry per record with the prompt, the output or choice, the reference and whether it was
+right) with this run's settings, the model's provenance and the time taken.
 
 Records per task:
   - ``gsm8k``, ``bbh``, ``utility``, ``target_loss``: examples with reference answers (any format
     `gradsift.data.load.load_examples` reads; BIG-Bench-Hard's ``{"examples": [{input, target}]}`` files too).
   - ``multiple_choice``: MMLU-style (``question``, ``choices``, ``answer`` index or letter) or ARC-style
-    (``choices: {text, label}``, ``answerKey``) records, see `gradsift.evaluation.tasks.MCItem.from_record`.
-  - ``refusal``: prompts only: a ``.txt`` file with one prompt per line, or records with a prompt column
-    (``prompt``, ``goal`` as in AdvBench, ``question``, ``instruction``, ``query``, ``input``, or
-    `prompt_field`) or with chat turns; any response column is ignored.
+    (``choices: {text, label}``, ``answerKey``) records, see `gradsift.data.records.MCItem.from_record`.
+  - ``refusal``: prompts only (`gradsift.data.load.read_prompts`): a ``.txt`` file with one prompt per line,
+    or records with a prompt column (``prompt``, ``goal`` as in AdvBench, ``question``, ``instruction``,
+    ``query``, ``input``, or `prompt_field`) or with chat turns; any response column is ignored.
   - ``preference``: preference pairs (`gradsift.data.load.load_pairs`); needs an adapter, whose disabled
     state is the reference model.
 """
@@ -21,33 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gradsift.data.errors import DataError
-from gradsift.data.load import OnInvalid, load_examples, load_pairs
-from gradsift.data.readers import read_rows
-from gradsift.data.records import Example, Kind, Pair, content_id
+from gradsift.data.load import OnInvalid, load_examples, load_pairs, read_mc_items, read_prompts
+from gradsift.data.records import Example, Kind, MCItem, Pair
 from gradsift.evaluation.generate import GenerationSettings
+from gradsift.evaluation.generation_tasks import evaluate_bbh, evaluate_gsm8k, evaluate_refusal
+from gradsift.evaluation.loss_tasks import evaluate_preference, evaluate_target_loss, evaluate_utility
+from gradsift.evaluation.multiple_choice import MCFormat, Normalisation, evaluate_multiple_choice
 from gradsift.evaluation.refusal import PhraseRefusalJudge, RefusalJudge
-from gradsift.evaluation.tasks import (
-    BBH_COT_TEMPLATE,
-    MCFormat,
-    MCItem,
-    Normalisation,
-    ScoringSettings,
-    TaskKind,
-    evaluate_bbh,
-    evaluate_gsm8k,
-    evaluate_multiple_choice,
-    evaluate_preference,
-    evaluate_refusal,
-    evaluate_target_loss,
-    evaluate_utility,
-    read_cot_prompt,
-    write_results,
-)
+from gradsift.evaluation.tasks import BBH_COT_TEMPLATE, ScoringSettings, TaskKind, read_cot_prompt, write_results
 from gradsift.model.load import DType, LoadedModel, ModelSettings, load_model
 
 TASK_ALIASES = {
@@ -57,8 +43,16 @@ TASK_ALIASES = {
 }
 """Command-line spellings of task kinds besides their values."""
 
-PROMPT_COLUMNS = ("prompt", "goal", "question", "instruction", "query", "input")
-"""Columns tried, in order, for the prompt of a refusal record."""
+TASKS: dict[TaskKind, Callable[..., dict[str, Any]]] = {
+    TaskKind.GSM8K: evaluate_gsm8k,
+    TaskKind.BBH: evaluate_bbh,
+    TaskKind.MULTIPLE_CHOICE: evaluate_multiple_choice,
+    TaskKind.REFUSAL: evaluate_refusal,
+    TaskKind.UTILITY: evaluate_utility,
+    TaskKind.PREFERENCE: evaluate_preference,
+    TaskKind.TARGET_LOSS: evaluate_target_loss,
+}
+"""The evaluation function of each task kind."""
 
 
 def parse_task(value: str | TaskKind) -> TaskKind:
@@ -207,92 +201,6 @@ def read_task_records(cfg: EvaluateConfig) -> Records:
             cfg.data, kind=Kind.TARGET, fmt=cfg.fmt, split=cfg.split, task=cfg.task_label, on_invalid=cfg.on_invalid
         )
     return records[: cfg.limit] if cfg.limit else records
-
-
-def read_mc_items(source: str | Path, split: str | None = None, on_invalid: OnInvalid = "raise") -> list[MCItem]:
-    """Multiple-choice items (`MCItem.from_record` formats); ids from an ``id`` column or the content.
-
-    Raises:
-        DataError: The source is unreadable, a record is malformed (with ``on_invalid="raise"``), or none is valid.
-    """
-    items: list[MCItem] = []
-    for line, row in read_rows(source, split=split):
-        rid = str(row["id"]) if row.get("id") is not None else content_id(row)
-        try:
-            items.append(MCItem.from_record(row, rid, str(source), line))
-        except DataError:
-            if on_invalid == "raise":
-                raise
-    if not items:
-        raise DataError("no valid multiple-choice records", source)
-    return items
-
-
-def read_prompts(source: str | Path, prompt_field: str | None = None, split: str | None = None) -> list[Example]:
-    """Prompts to answer (responses, if any, ignored): a ``.txt`` file with one per line, or records.
-
-    A record's prompt is its chat turns up to the last assistant turn (``messages``/``conversations``
-    columns), else the text in `prompt_field` or the first of :data:`PROMPT_COLUMNS` it has.
-
-    Returns:
-        Examples holding only the prompt turns (their ``rejected``/``task`` unset).
-
-    Raises:
-        DataError: The source is unreadable, has no prompt column, or a prompt is empty.
-    """
-    path = Path(source)
-    if path.suffix == ".txt":
-        if not path.is_file():
-            raise DataError("no such file", path)
-        lines = [(i, t.strip()) for i, t in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
-        rows: list[tuple[int, dict[str, Any]]] = [(i, {"prompt": t}) for i, t in lines if t]
-        if not rows:
-            raise DataError("no prompts: the file has no non-empty line", path)
-    else:
-        rows = list(read_rows(source, split=split))
-    prompts: list[Example] = []
-    for line, row in rows:
-        chat = row.get("messages", row.get("conversations"))
-        if prompt_field is None and isinstance(chat, list):
-            probe = prompt_turns(chat, source, line)
-        else:
-            column = prompt_field or next((c for c in PROMPT_COLUMNS if c in row), None)
-            if column is None or column not in row:
-                wanted = prompt_field or " or ".join(PROMPT_COLUMNS)
-                raise DataError(f"no prompt column ({wanted}); found {list(row)}", source, line, prompt_field)
-            text = row[column]
-            if not isinstance(text, str) or not text.strip():
-                raise DataError("the prompt must be non-empty text", source, line, column)
-            probe = [{"role": "user", "content": text}]
-        rid = str(row["id"]) if row.get("id") is not None else f"{content_id(probe)}-{line}"
-        prompts.append(Example(id=rid, messages=probe, raw=row, source=str(source), line=line))
-    return prompts
-
-
-def prompt_turns(chat: list[Any], source: str | Path, line: int) -> list[dict[str, str]]:
-    """Prompt turns of a chat given as ``{"role", "content"}`` or ``{"from", "value"}`` turns.
-
-    Returns:
-        The turns before the last assistant turn (all turns when there is none), in role/content form.
-
-    Raises:
-        DataError: A malformed turn, or no user turn in the prompt.
-    """
-    roles = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
-    turns: list[dict[str, str]] = []
-    for turn in chat:
-        if not isinstance(turn, dict):
-            raise DataError("a chat turn must be an object", source, line, "messages")
-        role = roles.get(str(turn.get("role", turn.get("from", ""))).lower())
-        content = turn.get("content", turn.get("value"))
-        if role is None or not isinstance(content, str):
-            raise DataError(f"malformed chat turn {turn!r}"[:200], source, line, "messages")
-        turns.append({"role": role, "content": content})
-    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=len(turns))
-    prompt = turns[:last]
-    if not any(t["role"] == "user" for t in prompt):
-        raise DataError("the prompt has no user turn", source, line, "messages")
-    return prompt
 
 
 def read_fewshot(cfg: EvaluateConfig) -> str | list[tuple[str, str]] | None:

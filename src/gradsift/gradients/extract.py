@@ -28,17 +28,17 @@ from gradsift.data.load import load_examples, load_pairs
 from gradsift.data.records import Example, Kind, Pair, fingerprint
 from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_examples, encode_pairs
 from gradsift.gradients.grads import LoraGradients, pair_groups
-from gradsift.gradients.precondition import AdamState, PreconditionedProjector
-from gradsift.gradients.projection import DenseProjector, FactorizedProjector, Projector
+from gradsift.gradients.precondition import AdamState, PreconditionedProjector, load_checkpoint_optimizer
+from gradsift.gradients.projection import DenseProjector, FactorizedProjector, Projector, SparseProjector
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
-from gradsift.model.lora import LoraSettings, attach_lora, load_adapter
+from gradsift.model.lora import OPTIMIZER_JSON, LoraSettings, attach_lora, load_adapter
 from gradsift.model.task import DPOTask, SFTTask
 from gradsift.store.features import FeatureStore
 
 log = logging.getLogger(__name__)
 
 FeatureKind = Literal["sft", "target", "pair"]
-ProjectorName = Literal["auto", "dense", "factorized"]
+ProjectorName = Literal["auto", "dense", "factorized", "sparse"]
 
 
 @dataclass
@@ -56,14 +56,21 @@ class FeatureConfig:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         adapter: A LoRA adapter directory (a warm-up checkpoint); without it a fresh LoRA is attached.
         optimizer: A warm-up checkpoint directory with Adam moments: features become LESS's
-            Adam-preconditioned update directions (methods.md section 1; dense projection).
+            Adam-preconditioned update directions (methods.md section 1; sparse or dense projection).
+        adam_eps: Where Adam's epsilon goes: ``inside`` (``m'/sqrt(v'+eps)``, LESS's released code, default)
+            or ``outside`` (``m'/(sqrt(v')+eps)``, LESS's paper).
         lora_rank: Rank of a fresh LoRA (ignored with `adapter`).
         lora_alpha: Alpha of a fresh LoRA.
         lora_targets: Modules of a fresh LoRA.
         lora_seed: Seed of a fresh LoRA's initialisation.
-        projector: ``factorized`` (per-layer Kronecker projection, never builds the gradient), ``dense``
-            (Johnson-Lindenstrauss over the flat gradient) or ``auto`` (factorized unless `optimizer`).
-        dim: Output dimension of the dense projector.
+        lora_layers: Decoder layers of a fresh LoRA: None (all), ``last:K`` or ``0,5,7`` (ignored with
+            `adapter`, whose own placement counts). Fewer layers, shorter backward pass.
+        projector: ``factorized`` (per-layer Kronecker projection, never builds the gradient), ``sparse``
+            (sparse Johnson-Lindenstrauss over the flat gradient, `sparse_s` non-zeros per column), ``dense``
+            (LESS's Rademacher projection of the flat gradient) or ``auto`` (factorized; sparse with `optimizer`,
+            whose preconditioning needs the flat gradient).
+        dim: Output dimension of the sparse and dense projectors.
+        sparse_s: Non-zeros per column of the sparse projector (divides `dim`).
         k_in: Factorized projector: target size of each layer's input side.
         k_out: Factorized projector: target size of each layer's output side.
         projection: ``rademacher`` or ``gaussian`` entries.
@@ -89,12 +96,15 @@ class FeatureConfig:
     device: str = "auto"
     adapter: str | None = None
     optimizer: str | None = None
+    adam_eps: Literal["inside", "outside"] = "inside"
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lora_seed: int = 0
+    lora_layers: str | None = None
     projector: ProjectorName = "auto"
     dim: int = 8192
+    sparse_s: int = 4
     k_in: int = 16
     k_out: int = 16
     projection: Literal["rademacher", "gaussian"] = "rademacher"
@@ -114,7 +124,8 @@ class FeatureConfig:
         checks = {
             "kind": (self.kind, ("sft", "target", "pair")),
             "response": (self.response, ("chosen", "rejected")),
-            "projector": (self.projector, ("auto", "dense", "factorized")),
+            "projector": (self.projector, ("auto", "dense", "factorized", "sparse")),
+            "adam_eps": (self.adam_eps, ("inside", "outside")),
             "projection": (self.projection, ("rademacher", "gaussian")),
             "reduction": (self.reduction, ("mean", "sum")),
             "store_dtype": (self.store_dtype, ("float16", "float32")),
@@ -124,9 +135,11 @@ class FeatureConfig:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.optimizer and self.projector == "factorized":
-            raise ValueError("Adam preconditioning needs the full gradient: use projector 'dense' or 'auto'")
+            raise ValueError("Adam preconditioning needs the full gradient: use projector 'sparse', 'dense' or 'auto'")
         if self.kind == "pair" and self.response != "chosen":
             raise ValueError("response applies to sft/target features, not to pairs")
+        if self.projector_name == "sparse" and (self.sparse_s < 1 or self.dim % self.sparse_s):
+            raise ValueError(f"sparse_s must be >= 1 and divide dim ({self.dim}), got {self.sparse_s}")
         for name in ("dim", "k_in", "k_out", "max_length", "batch_tokens", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -135,12 +148,18 @@ class FeatureConfig:
         if self.limit < 0:
             raise ValueError(f"limit must be >= 0 (0 means all), got {self.limit}")
         ModelSettings(model=self.model, dtype=self.dtype, device=self.device)  # type: ignore[arg-type]
-        LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, target_modules=list(self.lora_targets))
+        self.lora_settings()
+
+    def lora_settings(self) -> LoraSettings:
+        """The settings of a fresh LoRA (without `adapter`)."""
+        return LoraSettings(
+            rank=self.lora_rank, alpha=self.lora_alpha, target_modules=list(self.lora_targets), layers=self.lora_layers
+        )
 
     @property
     def projector_name(self) -> str:
         if self.projector == "auto":
-            return "dense" if self.optimizer else "factorized"
+            return "sparse" if self.optimizer else "factorized"
         return self.projector
 
 
@@ -184,8 +203,7 @@ def prepare_model(cfg: FeatureConfig, loaded: LoadedModel | None = None) -> Load
     if cfg.adapter:
         model = load_adapter(lm.model, cfg.adapter, trainable=True)
     else:
-        lora = LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets))
-        model = attach_lora(lm.model, lora, seed=cfg.lora_seed)
+        model = attach_lora(lm.model, cfg.lora_settings(), seed=cfg.lora_seed)
     model.to(lm.device)
     model.eval()
     return LoadedModel(model, lm.tokenizer, lm.source, lm.fingerprint, lm.device, lm.dtype)
@@ -201,13 +219,15 @@ def make_projector(cfg: FeatureConfig, grads: LoraGradients, device: torch.devic
             kind=cfg.projection,
             seed=cfg.projection_seed,
         )
-    dense = DenseProjector(grads.num_params, k=cfg.dim, kind=cfg.projection, seed=cfg.projection_seed)
+    flat: DenseProjector | SparseProjector
+    if cfg.projector_name == "sparse":
+        flat = SparseProjector(grads.num_params, k=cfg.dim, s=cfg.sparse_s, seed=cfg.projection_seed)
+    else:
+        flat = DenseProjector(grads.num_params, k=cfg.dim, kind=cfg.projection, seed=cfg.projection_seed)
     if not cfg.optimizer:
-        return dense
-    from gradsift.training.warmup import load_checkpoint_optimizer
-
+        return flat
     m, v, (b1, b2), eps = load_checkpoint_optimizer(cfg.optimizer)
-    saved = json.loads((Path(cfg.optimizer) / "optimizer.json").read_text()).get("params", [])
+    saved = json.loads((Path(cfg.optimizer) / OPTIMIZER_JSON).read_text()).get("params", [])
     saved_layout = [(p["name"], tuple(p["shape"])) for p in saved]
     layout = [(layer.param_name, layer.shape) for layer in grads.layers]
     if m.numel() != grads.num_params or saved_layout != layout:
@@ -219,7 +239,7 @@ def make_projector(cfg: FeatureConfig, grads: LoraGradients, device: torch.devic
             f"{cfg.optimizer}: the Adam state ({m.numel()} parameters in {len(saved_layout)} tensors) does not match "
             f"the model's LoRA ({grads.num_params} in {len(layout)}){detail}; use the adapter of the same checkpoint"
         )
-    return PreconditionedProjector(AdamState(m, v, b1, b2, eps).to(device), dense)
+    return PreconditionedProjector(AdamState(m, v, b1, b2, eps, cfg.adam_eps).to(device), flat)
 
 
 def store_settings(
@@ -241,6 +261,7 @@ def store_settings(
             "alpha": cfg.lora_alpha,
             "targets": list(cfg.lora_targets),
             "seed": cfg.lora_seed,
+            **({"layers": cfg.lora_layers} if cfg.lora_layers else {}),
         },
         "lora_params": grads.num_params,
         "projector": projector.describe(),

@@ -18,7 +18,7 @@ matrices. Gradients are those of the loss at the current weights (the ``g(z; the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -116,6 +116,37 @@ class FlatGradients:
     def project(self, out: torch.Tensor, factors: LayerFactors) -> None:
         layer = factors.layer
         out[:, layer.offset : layer.offset + layer.numel] += factors.gradient().flatten(1)
+
+
+class DirectionSink:
+    """A gradient sink with one feature per example: the inner product of its LoRA gradient with a fixed direction.
+
+    For LoRA matrix ``l`` with direction block ``D_l`` [out, in], ``<G_b, D_l> = sum_t delta_{b,t}^T D_l x_{b,t}``,
+    computed from the factors without building ``G_b``. With the summed validation gradient as the direction the
+    feature is IF(d) exactly, at the cost of one extraction pass and no projection error.
+
+    Args:
+        direction: [P] flat direction in `FlatGradients` layout, on the model's device.
+        layers: The `LoraGradients.layers` it is laid out by.
+
+    Raises:
+        ValueError: The direction's size does not match the layers.
+    """
+
+    def __init__(self, direction: torch.Tensor, layers: Sequence[LoraLinear]) -> None:
+        total = sum(layer.numel for layer in layers)
+        if direction.dim() != 1 or direction.numel() != total:
+            raise ValueError(f"direction must be [{total}] (the LoRA parameters), got {tuple(direction.shape)}")
+        self._blocks = [direction[x.offset : x.offset + x.numel].view(x.out_features, x.in_features) for x in layers]
+
+    @property
+    def dim(self) -> int:
+        return 1
+
+    def project(self, out: torch.Tensor, factors: LayerFactors) -> None:
+        """Add ``sum_t delta_t^T D x_t`` of one LoRA matrix into ``out[:, 0]`` ([G, 1])."""
+        block = self._blocks[factors.layer.index].to(factors.inputs.dtype)
+        out[:, 0] += ((factors.output_grads @ block) * factors.inputs).sum(dim=(1, 2))
 
 
 @dataclass

@@ -6,28 +6,31 @@ used that example's gradient ``g``: ``Gamma = m' / (sqrt(v') + eps)`` with ``m' 
 stay plain gradients.
 
 Gamma is not linear in ``g``, so it needs the full per-example gradient (of the whole pair, for DPO) and
-can only be followed by a dense projection: :class:`PreconditionedProjector` does gradient ->
-precondition -> :class:`~gradsift.gradients.projection.DenseProjector` one LoRA matrix at a time
+a projection of the flat vector: :class:`PreconditionedProjector` does gradient -> precondition ->
+:class:`~gradsift.gradients.projection.SparseProjector` (default: ``s`` multiply-adds per entry) or
+:class:`~gradsift.gradients.projection.DenseProjector` (LESS's Rademacher matrix) one LoRA matrix at a time
 (the map is elementwise, so per-matrix slices are exact).
 
-Where the epsilon goes is gradsift's option ``eps_mode``: ``"outside"`` (default) is the formula above,
-as methods.md writes it and as Adam applies it; ``"inside"`` is ``m' / sqrt(v' + eps)``, which is what
-LESS's released code computes (with fixed b1 = 0.9, b2 = 0.999, eps = 1e-8; gradsift reads them from the
-optimizer state instead).
+Where the epsilon goes is gradsift's option ``eps_mode``: ``"inside"`` (default) is ``m' / sqrt(v' + eps)``,
+what LESS's released code computes (``less/data_selection/collect_grad_reps.py``, the code behind its
+published numbers; fixed b1 = 0.9, b2 = 0.999, eps = 1e-8 there, read from the optimizer state here);
+``"outside"`` is the formula above, as the LESS paper and methods.md write it and as Adam applies it. On a
+warm-up checkpoint ``sqrt(v')`` is about 1e-7 to 1e-6, so the two differ on most coordinates.
 """
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Sequence
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
+from safetensors.torch import load_file
 
-from gradsift.gradients.grads import LayerFactors, LoraGradients
-from gradsift.gradients.projection import DenseProjector
+from gradsift.gradients.grads import LayerFactors
+from gradsift.gradients.projection import DenseProjector, SparseProjector
+from gradsift.model.lora import OPTIMIZER_JSON, OPTIMIZER_TENSORS
 
 EpsMode = Literal["outside", "inside"]
 
@@ -42,7 +45,8 @@ class AdamState:
         beta1: Adam's ``b1``.
         beta2: Adam's ``b2``.
         eps: Adam's epsilon.
-        eps_mode: ``"outside"`` (``m'/(sqrt(v')+eps)``, default) or ``"inside"`` (``m'/sqrt(v'+eps)``, LESS code).
+        eps_mode: ``"inside"`` (``m'/sqrt(v'+eps)``, LESS's code, default) or ``"outside"`` (``m'/(sqrt(v')+eps)``,
+            LESS's paper).
     """
 
     exp_avg: torch.Tensor
@@ -50,7 +54,7 @@ class AdamState:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    eps_mode: EpsMode = "outside"
+    eps_mode: EpsMode = "inside"
 
     def __post_init__(self) -> None:
         if self.exp_avg.dim() != 1 or self.exp_avg.shape != self.exp_avg_sq.shape:
@@ -97,7 +101,7 @@ class AdamState:
             offset: Where the slice starts in the flat vector.
 
         Returns:
-            [B, n] ``m' / (sqrt(v') + eps)`` (or ``m' / sqrt(v' + eps)``), float32 or float64.
+            [B, n] ``m' / sqrt(v' + eps)`` (or ``m' / (sqrt(v') + eps)``), float32 or float64.
         """
         if grads.dim() != 2:
             raise ValueError(f"grads must be [B, n], got shape {tuple(grads.shape)}")
@@ -116,16 +120,17 @@ class AdamState:
 
 
 class PreconditionedProjector:
-    """LESS candidate features: per LoRA matrix, per-example gradient -> Adam direction -> dense projection.
+    """LESS candidate features: per LoRA matrix, per-example gradient -> Adam direction -> flat projection.
 
     A :class:`~gradsift.gradients.projection.Projector`, so it plugs into :meth:`LoraGradients.compute`.
 
     Args:
         state: Adam moments of the checkpoint (same parameter count as the projector).
-        projector: The dense projector (LESS: Rademacher, k = 8192).
+        projector: A projector of the flat gradient: sparse JL (gradsift's default) or dense (LESS: Rademacher,
+            k = 8192).
     """
 
-    def __init__(self, state: AdamState, projector: DenseProjector) -> None:
+    def __init__(self, state: AdamState, projector: DenseProjector | SparseProjector) -> None:
         if state.num_params != projector.num_params:
             raise ValueError(
                 f"the Adam state covers {state.num_params} parameters but the projector {projector.num_params}"
@@ -149,103 +154,39 @@ class PreconditionedProjector:
         out += self.projector.project_flat(gamma, offset)
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        found = [path / name for name in ("optimizer.pt", "optimizer.bin") if (path / name).is_file()]
-        if not found:
-            raise FileNotFoundError(f"{path}: no optimizer.pt or optimizer.bin (was the optimizer state saved?)")
-        path = found[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"{path}: no such optimizer state file")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: not a plain tensor state_dict (only weights_only loading is allowed): {e}") from e
-    if (
-        not isinstance(sd, dict)
-        or not isinstance(sd.get("state"), dict)
-        or not isinstance(sd.get("param_groups"), list)
-    ):
-        raise ValueError(f"{path}: not an optimizer state_dict (expected keys 'state' and 'param_groups')")
-    return sd
+def load_checkpoint_optimizer(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float], float]:
+    """Read a warm-up checkpoint's Adam state, for LESS's preconditioned features (methods.md section 1).
 
-
-def load_adam_state(
-    path: str | Path,
-    lora: LoraGradients,
-    optimizer_param_names: Sequence[str] | None = None,
-    eps_mode: EpsMode = "outside",
-) -> AdamState:
-    """Read Adam moments saved by HF Trainer or ``torch.optim.Adam``/``AdamW`` and order them like `lora`.
-
-    The file is loaded with ``torch.load(weights_only=True)``: nothing but tensors and plain containers is
-    unpickled. The optimizer's parameters are matched to LoRA weights by name when the file has names
-    (state keyed by name, as in LESS's ``optimizer.bin``, or torch's ``param_names`` in ``param_groups``,
-    present when the optimizer was built from ``named_parameters()``), else by `optimizer_param_names`,
-    else by position: the optimizer's parameters, group after group, are taken to be the LoRA weights in
-    ``model.named_parameters()`` order. That is how HF Trainer builds its optimizer when only LoRA weights
-    train (they all fall in its weight-decay group); every shape is checked.
+    The files are the ones `gradsift.training.warmup.save_optimizer_state` writes: safetensors and JSON, no
+    pickles.
 
     Args:
-        path: ``optimizer.pt`` / ``optimizer.bin``, or a checkpoint directory holding one.
-        lora: The gradient engine of the model whose features will be preconditioned.
-        optimizer_param_names: Names of the optimizer's parameters in its own order (overrides the rest).
-        eps_mode: See :class:`AdamState`.
+        path: A checkpoint folder (``epoch-k``).
 
     Returns:
-        The moments flattened in ``lora.layers`` order, with the optimizer's betas and eps.
+        ``exp_avg`` [P] and ``exp_avg_sq`` [P] float32 (trainable parameters flattened in `named_parameters`
+        order, as listed in ``optimizer.json``), ``betas`` and ``eps``.
 
     Raises:
-        FileNotFoundError: No optimizer state at `path`.
-        ValueError: Not a weights-only Adam state_dict, or it does not match the model's LoRA weights.
+        FileNotFoundError: The folder lacks ``optimizer.safetensors`` or ``optimizer.json``.
+        ValueError: The files disagree on the number of parameters or miss a field.
     """
     path = Path(path)
-    sd = _read_state_dict(path)
-    state, groups = sd["state"], sd["param_groups"]
-    ids = [i for g in groups for i in g.get("params", [])]
-    group_of = {i: g for g in groups for i in g.get("params", [])}
-    wanted = [layer.param_name for layer in lora.layers]
-    if optimizer_param_names is not None:
-        if len(optimizer_param_names) != len(ids):
-            raise ValueError(
-                f"{path}: optimizer_param_names has {len(optimizer_param_names)} names for {len(ids)} parameters"
-            )
-        key_of = dict(zip(optimizer_param_names, ids, strict=True))
-    elif state and all(isinstance(k, str) for k in state):
-        key_of = {k: k for k in state}
-    elif all("param_names" in g for g in groups):
-        key_of = {n: i for g in groups for n, i in zip(g["param_names"], g["params"], strict=True)}
-    else:
-        if len(ids) != len(wanted):
-            raise ValueError(
-                f"{path}: the optimizer holds {len(ids)} parameters but the model has {len(wanted)} LoRA weights, "
-                "and the file has no parameter names; pass optimizer_param_names"
-            )
-        key_of = dict(zip(wanted, ids, strict=True))
-    missing = [n for n in wanted if n not in key_of or key_of[n] not in state]
+    for name in (OPTIMIZER_TENSORS, OPTIMIZER_JSON):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path}: no {name}, not a warm-up checkpoint")
+    tensors = load_file(str(path / OPTIMIZER_TENSORS))
+    meta = json.loads((path / OPTIMIZER_JSON).read_text())
+    missing = [k for k in ("betas", "eps", "n_params") if k not in meta] + [
+        k for k in ("exp_avg", "exp_avg_sq") if k not in tensors
+    ]
     if missing:
+        raise ValueError(f"{path}: optimizer state lacks {', '.join(missing)}")
+    m, v = tensors["exp_avg"].float(), tensors["exp_avg_sq"].float()
+    if m.ndim != 1 or m.shape != v.shape or m.numel() != meta["n_params"]:
         raise ValueError(
-            f"{path}: no Adam state for {len(missing)} LoRA weights, e.g. {missing[0]!r} (different model or adapter?)"
+            f"{path}: exp_avg {tuple(m.shape)} and exp_avg_sq {tuple(v.shape)} "
+            f"do not match n_params={meta['n_params']}"
         )
-    avgs, sqs, hyper = [], [], set()
-    for layer in lora.layers:
-        key = key_of[layer.param_name]
-        entry = state[key]
-        if not isinstance(entry, dict) or "exp_avg" not in entry or "exp_avg_sq" not in entry:
-            raise ValueError(f"{path}: the state of {layer.param_name!r} has no exp_avg/exp_avg_sq: not an Adam state")
-        for what in ("exp_avg", "exp_avg_sq"):
-            if tuple(entry[what].shape) != layer.shape:
-                raise ValueError(
-                    f"{path}: {what} of {layer.param_name!r} has shape {tuple(entry[what].shape)}, the weight "
-                    f"{layer.shape}: the optimizer's parameter order does not match the model"
-                )
-        avgs.append(entry["exp_avg"].reshape(-1).float())
-        sqs.append(entry["exp_avg_sq"].reshape(-1).float())
-        group = group_of.get(key, groups[0] if len(groups) == 1 else None)
-        if group is None or "betas" not in group or "eps" not in group:
-            raise ValueError(f"{path}: no Adam betas/eps for {layer.param_name!r} in param_groups")
-        hyper.add((float(group["betas"][0]), float(group["betas"][1]), float(group["eps"])))
-    if len(hyper) != 1:
-        raise ValueError(f"{path}: LoRA weights were trained with different Adam betas/eps: {sorted(hyper)}")
-    (beta1, beta2, eps) = hyper.pop()
-    return AdamState(torch.cat(avgs), torch.cat(sqs), beta1, beta2, eps, eps_mode)
+    b1, b2 = meta["betas"]
+    return m, v, (float(b1), float(b2)), float(meta["eps"])

@@ -6,14 +6,17 @@ which returns one loss per row so that summing it gives each example's own gradi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from gradsift.data.tokenize import IGNORE
+from gradsift.data.tokenize import IGNORE, Encoded, bucket_batches, collate
 
 Reduction = Literal["mean", "sum"]
 
@@ -135,3 +138,40 @@ class DPOTask:
     def losses(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-pair DPO loss [B]."""
         return -F.logsigmoid(self.beta * self.margins(model, batch))
+
+
+@torch.no_grad()
+def pair_logps(
+    model: Any,
+    encoded: Sequence[tuple[Encoded, Encoded]],
+    pad_id: int,
+    batch_tokens: int,
+    max_batch: int = 64,
+    desc: str = "log-probs",
+) -> np.ndarray:
+    """Summed log-probabilities of each pair's chosen and rejected response tokens, forward only.
+
+    Batches as `gradsift.gradients.extract` does: chosen rows first, then rejected rows.
+
+    Args:
+        model: Causal LM or peft model (with whatever adapter is active), in eval mode.
+        encoded: Tokenised pairs from `encode_pairs`.
+        pad_id: Padding token id.
+        batch_tokens: Padded tokens per batch (both rows of a pair count).
+        max_batch: Most pairs per batch.
+        desc: Progress bar label.
+
+    Returns:
+        float64 [N, 2]: ``log pi(y_w|x)`` and ``log pi(y_l|x)``.
+    """
+    device = next(model.parameters()).device
+    out = np.zeros((len(encoded), 2))
+    lengths = [2 * max(len(c), len(r)) for c, r in encoded]
+    with tqdm(total=len(encoded), desc=desc, unit="pair", leave=False) as bar:
+        for idx in bucket_batches(lengths, batch_tokens, max_batch):
+            items = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+            batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
+            lp = sequence_logps(model, batch)[0].double().cpu().numpy()
+            out[idx, 0], out[idx, 1] = lp[: len(idx)], lp[len(idx) :]
+            bar.update(len(idx))
+    return out

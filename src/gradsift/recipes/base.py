@@ -6,6 +6,8 @@ method's math in `gradsift.score` and, where the method selects by its own rule,
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,11 @@ from gradsift.data.records import Example, Pair
 from gradsift.data.tokenize import Encoded, EncodeStats, encode_examples
 from gradsift.model.load import LoadedModel
 from gradsift.score.base import Scores
+from gradsift.selection.budget import Budget
+
+DEFAULT_BUDGET = Budget(fraction=0.05)
+"""What a method that keeps its top scores (or BIDS) selects when no budget is given; band methods keep their
+whole band instead (TIF, LossDiff, IRM and fusion, methods.md section 3)."""
 
 
 @dataclass
@@ -31,7 +38,8 @@ class ScoreContext:
         batch_tokens: Padded tokens per batch (length-bucketed batching).
         load_model: Loads a new copy of the base model on each call.
         options: Method options (``SelectConfig`` fields) by name.
-        budget: Number of candidates to select (for methods that select iteratively).
+        budget: Number of candidates to select, when the user gave a budget; None: each method's own default,
+            `top_k_budget` for the methods that keep their top scores, the whole band for band methods.
         shared: Intermediate results shared by the methods of one run (checkpoints, timings).
     """
 
@@ -43,11 +51,11 @@ class ScoreContext:
     batch_tokens: int = 4096
     load_model: Callable[[], LoadedModel] | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    budget: int = 0
+    budget: int | None = None
     pairs: list[Pair] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
     _model: LoadedModel | None = None
-    _encoded: tuple[list[Encoded], EncodeStats] | None = None
+    _encoded: tuple[list[Encoded], EncodeStats] | None = field(default=None, init=False, repr=False)
 
     @property
     def model(self) -> LoadedModel:
@@ -69,8 +77,34 @@ class ScoreContext:
         return self._encoded
 
     @property
+    def pool_encode_stats(self) -> EncodeStats | None:
+        """Truncation counts of the pool's tokenisation, or None when no method tokenised the pool."""
+        return self._encoded[1] if self._encoded is not None else None
+
+    @property
     def n(self) -> int:
         return len(self.pairs) if self.pairs else len(self.pool)
+
+    @property
+    def top_k_budget(self) -> int:
+        """Candidates a top-k method keeps: the budget given, else `DEFAULT_BUDGET` of the candidates."""
+        return self.budget if self.budget is not None else DEFAULT_BUDGET.resolve(self.n)
+
+
+def adapter_digest(adapter_dir: str | Path) -> str:
+    """Content hash of a saved adapter's weights (what a cache built on that adapter depends on).
+
+    Raises:
+        FileNotFoundError: The directory holds no ``adapter_model.*`` file.
+    """
+    # Imported here: the pipeline imports this module, and the gradient stack is not needed to start it.
+    from gradsift.gradients.extract import file_digest
+
+    files = sorted(Path(adapter_dir).glob("adapter_model.*"))
+    if not files:
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.* file")
+    payload = json.dumps([file_digest(f) for f in files], sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:12]
 
 
 class Recipe(Protocol):

@@ -1,23 +1,32 @@
-"""Gradient-influence scorers for SFT pools: LESS, PRISM and BIDS, with their shared steps.
+"""Recipes of the gradient-influence methods for SFT pools: LESS, PRISM and BIDS, with their shared steps.
 
-The math lives in :mod:`gradsift.score.less`, :mod:`gradsift.score.prism` and :mod:`gradsift.selection.bids`;
-this module supplies their inputs, computed once per run and cached under the context's ``workdir``
-so that several methods (and later runs with the same cache) share them:
+The math lives in :mod:`gradsift.score.less`, :mod:`gradsift.score.prism` and :mod:`gradsift.score.influence`,
+BIDS's iterative pick in :mod:`gradsift.selection.bids`; this module supplies their inputs, computed once per
+run and cached under the context's ``workdir`` so that several methods (and later runs with the same cache)
+share them:
 
 1. Checkpoints (methods.md section 1): LESS's warm-up (LoRA on a seeded 5% of the pool for a few
    epochs, one checkpoint per epoch with its Adam state and mean learning rate), or, with
    ``warmup="none"``, the base model with a fresh LoRA (or a user ``adapter``) as the single checkpoint.
+   LESS and BIDS warm up by default (LESS's paper and released code). PRISM scores at the model given by
+   default (``warmup="none"`` unless the ``warmup`` option is set): the paper's text takes ``pi_q``, ``g*``
+   and ``y-`` from "the current model", one model, and gradsift knows of no released code of PRISM. With
+   ``warmup="less"`` PRISM shares LESS's warm-up checkpoints (gradsift's extension) and everything of a
+   checkpoint comes from that checkpoint.
 2. Feature stores per checkpoint: candidate features (Adam-preconditioned update directions when the
    checkpoint has an optimizer state, LESS; plain gradients for PRISM), target gradients, and for
    PRISM the gradients of the targets' rejected responses ``y-``.
-3. PRISM's ``y-`` for targets without a ``rejected`` field: the model's own greedy response, generated
-   once and stored (gradsift's choice, methods.md section 2).
+3. PRISM's ``y-`` for targets without a ``rejected`` field: the greedy response of the checkpoint itself
+   (its adapter loaded), generated once per checkpoint and stored (gradsift's choice, methods.md section 2).
 
 Options (``SelectConfig.options`` / ``--option key=value``), with defaults:
-  ``warmup`` ``"less"`` | ``"none"``; ``warmup_fraction`` 0.05; ``warmup_epochs`` 4; ``warmup_lr`` 1e-4;
+  ``warmup`` ``"less"`` (``"none"`` for PRISM) | ``"none"``; ``warmup_fraction`` 0.05; ``warmup_epochs`` 4;
+  ``warmup_lr`` 1e-4;
   ``warmup_batch_size`` 4; ``warmup_min_examples`` 8; ``adapter`` (with ``warmup="none"``);
   ``lora_rank`` 8; ``lora_alpha`` 16; ``lora_targets`` ``"q_proj,v_proj"``;
-  ``projector`` ``"auto"`` (dense when preconditioning, else factorized); ``dim`` 8192 (dense); ``k_in``/``k_out`` 16;
+  ``projector`` ``"auto"`` (sparse JL when preconditioning, else factorized); ``dim`` 8192 (sparse/dense), ``sparse_s``
+  4; ``adam_eps`` ``"inside"`` (LESS's code: ``m'/sqrt(v'+eps)``; ``"outside"``: its paper's form); ``lora_layers``
+  (``last:K`` or a list: warm-up and feature LoRA on those decoder layers only); ``k_in``/``k_out`` 16;
   ``less_aggregation`` ``"task-max"`` | ``"instance-max"`` | ``"sum"``;
   ``prism_reduction`` ``"sum"`` (candidate loss, as the source) | ``"mean"``;
   ``prism_scoring`` ``"raw"`` | ``"cosine"``;
@@ -28,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,11 +47,14 @@ import numpy as np
 from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example, fingerprint
 from gradsift.gradients.extract import FeatureConfig, extract_features
-from gradsift.recipes.base import ScoreContext
+from gradsift.model.lora import parse_layers
+from gradsift.recipes.base import ScoreContext, adapter_digest
 from gradsift.score.base import Scores
+from gradsift.score.influence import influence_matrix
+from gradsift.score.less import Aggregation, less_scores
+from gradsift.score.prism import Scoring, prism_scores
+from gradsift.selection.bids import aggregate_select, bids_select, coverage, zscore_columns
 from gradsift.store.features import FeatureStore
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,16 +119,30 @@ def _choice(ctx: ScoreContext, name: str, default: str, allowed: tuple[str, ...]
     return value
 
 
+def _lora_layers(ctx: ScoreContext) -> str | None:
+    value = _opt(ctx, "lora_layers", None)
+    if value is None:
+        return None
+    text = str(value)
+    parse_layers(text)
+    return text
+
+
 def _lora_targets(ctx: ScoreContext) -> list[str]:
     value = _opt(ctx, "lora_targets", "q_proj,v_proj")
     return [t.strip() for t in value.split(",")] if isinstance(value, str) else list(value)
 
 
-def checkpoints(ctx: ScoreContext) -> list[Checkpoint]:
-    """The run's checkpoints, warming up once per pool and settings (cached in ``ctx.shared``)."""
-    if "checkpoints" in ctx.shared:
-        return ctx.shared["checkpoints"]
-    mode = _choice(ctx, "warmup", "less", ("less", "none"))
+def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
+    """The checkpoints `method` scores at, warming up once per pool and settings (cached in ``ctx.shared``).
+
+    The ``warmup`` option picks them; without it PRISM takes the model given (``none``) and LESS and BIDS
+    warm up (``less``), module docstring.
+    """
+    mode = _choice(ctx, "warmup", "none" if method == "prism" else "less", ("less", "none"))
+    cached = ctx.shared.setdefault("checkpoints", {})
+    if mode in cached:
+        return cached[mode]
     adapter = _opt(ctx, "adapter", None)
     if adapter is not None and mode != "none":
         raise ValueError("option adapter is the checkpoint of warmup=none: add warmup=none or drop adapter to warm up")
@@ -137,6 +162,7 @@ def checkpoints(ctx: ScoreContext) -> list[Checkpoint]:
             rank=_int(ctx, "lora_rank", 8),
             alpha=_int(ctx, "lora_alpha", 16),
             target_modules=_lora_targets(ctx),
+            layers=_lora_layers(ctx),
         )
         config = {
             "learning_rate": _float(ctx, "warmup_lr", 1e-4),
@@ -159,7 +185,7 @@ def checkpoints(ctx: ScoreContext) -> list[Checkpoint]:
             result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, config)
         ctx.shared.setdefault("timings", {})["warmup"] = time.perf_counter() - t
         ckpts = [Checkpoint(f"epoch-{c.epoch}", str(c.path), str(c.path), float(c.lr)) for c in result.checkpoints]
-    ctx.shared["checkpoints"] = ckpts
+    cached[mode] = ckpts
     return ckpts
 
 
@@ -177,14 +203,15 @@ def features(
 
     Args:
         less_space: LESS's feature space: at a checkpoint with an Adam state, pool features are
-            preconditioned, which needs the dense projector, so the targets use the same dense projection.
+            preconditioned, which needs a projection of the flat gradient (sparse JL unless the ``projector``
+            option says ``dense``), so the targets use the same projection.
         response: ``chosen`` or ``rejected`` (PRISM's ``y-``).
         reduction: Per-example loss reduction, ``mean`` or ``sum``.
     """
     precondition = less_space and split == "pool" and ckpt.optimizer is not None
     projector = _opt(ctx, "projector", "auto")
     if less_space and ckpt.optimizer and projector == "auto":
-        projector = "dense"
+        projector = "sparse"
     cfg = FeatureConfig(
         data=f"<{split}>",
         out="",
@@ -192,12 +219,15 @@ def features(
         response=response,  # type: ignore[arg-type]
         adapter=ckpt.adapter,
         optimizer=ckpt.optimizer if precondition else None,
+        adam_eps=_choice(ctx, "adam_eps", "inside", ("inside", "outside")),  # type: ignore[arg-type]
         lora_rank=_int(ctx, "lora_rank", 8),
         lora_alpha=_int(ctx, "lora_alpha", 16),
         lora_targets=_lora_targets(ctx),
         lora_seed=ctx.seed,
+        lora_layers=_lora_layers(ctx),
         projector=projector,
         dim=_int(ctx, "dim", 8192),
+        sparse_s=_int(ctx, "sparse_s", 4),
         k_in=_int(ctx, "k_in", 16),
         k_out=_int(ctx, "k_out", 16),
         projection_seed=ctx.seed,
@@ -211,9 +241,7 @@ def features(
     # Every setting and the model are in the name, so runs with other settings sharing the cache get their
     # own stores instead of being refused by the existing ones.
     model = ctx.model
-    key = _key(
-        [{k: v for k, v in asdict(cfg).items() if k not in ("out", "data")}, model.fingerprint, str(model.dtype)]
-    )
+    key = _key([_store_key_settings(cfg), model.fingerprint, str(model.dtype)])
     cfg.out = str(ctx.workdir / "features" / ckpt.name / f"{variant}-{cfg.projector_name}-{key}")
     done = _complete_store(Path(cfg.out), records)
     # A finished store is reused without loading another copy of the model (costly for large models).
@@ -221,6 +249,19 @@ def features(
     timings = ctx.shared.setdefault("timings", {})
     timings[f"features/{ckpt.name}/{variant}"] = time.perf_counter() - t
     return store
+
+
+def _store_key_settings(cfg: FeatureConfig) -> dict[str, Any]:
+    """The settings that name a feature store: every field but the paths, less those that do not apply (so
+    stores made before an option existed keep their names where the option changes nothing)."""
+    unused = {"out", "data"}
+    if cfg.optimizer is None:
+        unused.add("adam_eps")
+    if cfg.projector_name != "sparse":
+        unused.add("sparse_s")
+    if cfg.lora_layers is None:
+        unused.add("lora_layers")
+    return {k: v for k, v in asdict(cfg).items() if k not in unused}
 
 
 def _complete_store(path: Path, records: list[Example]) -> FeatureStore | None:
@@ -238,7 +279,7 @@ def less_inputs(ctx: ScoreContext) -> tuple[list[np.ndarray], list[np.ndarray], 
     if "less_inputs" not in ctx.shared:
         targets = _require_targets(ctx, "less")
         cands, tgts, weights, bad = [], [], [], np.zeros(len(ctx.pool), dtype=bool)
-        for ck in checkpoints(ctx):
+        for ck in checkpoints(ctx, "less"):
             c, b = _arrays(features(ctx, ck, "pool", ctx.pool, less_space=True))
             cands.append(c)
             bad |= b
@@ -275,8 +316,6 @@ class LessScorer:
     mean within each target task, max over tasks, summed over checkpoints weighted by learning rate."""
 
     def score(self, ctx: ScoreContext) -> Scores:
-        from gradsift.score.less import Aggregation, less_scores
-
         aggregation = _choice(ctx, "less_aggregation", "task-max", tuple(a.value for a in Aggregation))
         targets = _require_targets(ctx, "less")
         cands, tgts, weights, bad = less_inputs(ctx)
@@ -286,7 +325,7 @@ class LessScorer:
             score=np.where(np.isfinite(res.scores), res.scores, np.nan),
             columns=columns,
             info={
-                "checkpoints": [ck.__dict__ for ck in checkpoints(ctx)],
+                "checkpoints": [ck.__dict__ for ck in checkpoints(ctx, "less")],
                 "bad_rows": int(res.bad.sum()),
                 "aggregation": aggregation,
                 "timings_s": _timing_info(ctx),
@@ -298,14 +337,12 @@ class BidsScorer:
     """BIDS (methods.md section 4): the LESS influence matrix, column z-scored, iteratively balanced."""
 
     def score(self, ctx: ScoreContext) -> Scores:
-        from gradsift.score.influence import influence_matrix
-        from gradsift.selection.bids import aggregate_select, bids_select, coverage, zscore_columns
-
         normalize = _flag(ctx, "bids_normalize", True)
         targets = _require_targets(ctx, "bids")
         cands, tgts, weights, bad = less_inputs(ctx)
         a = influence_matrix(cands, tgts, weights, normalize=True, bad=bad)
-        sel = bids_select(a, ctx.budget, bad=bad, normalize=normalize)
+        budget = ctx.top_k_budget
+        sel = bids_select(a, budget, bad=bad, normalize=normalize)
         z = zscore_columns(a, bad)
         # The score column: BIDS' first-step criterion, the best z-scored influence of each candidate.
         score = z.max(axis=1).astype(np.float64)
@@ -313,7 +350,7 @@ class BidsScorer:
         # Coverage in z-scored units, so that tasks whose raw influences differ in scale compare.
         cov = coverage(z, tasks, sel.indices, bad=bad)
         # LESS's own selection from the same matrix, for the balance comparison BIDS is about
-        less_sel = aggregate_select(a, tasks, ctx.budget, "task-max", bad=bad)
+        less_sel = aggregate_select(a, tasks, budget, "task-max", bad=bad)
         cov_less = coverage(z, tasks, less_sel.indices, bad=bad)
         return Scores(
             score=score,
@@ -322,28 +359,39 @@ class BidsScorer:
                 "coverage": [c.__dict__ for c in cov],
                 "coverage_less_task_max": [c.__dict__ for c in cov_less],
                 "excluded": len(sel.excluded),
-                "checkpoints": [ck.__dict__ for ck in checkpoints(ctx)],
+                "checkpoints": [ck.__dict__ for ck in checkpoints(ctx, "bids")],
                 "timings_s": _timing_info(ctx),
             },
         )
 
 
-def rejected_responses(ctx: ScoreContext, targets: list[Example]) -> list[Example]:
-    """Targets with a ``rejected`` response: the user's, else the model's own greedy answer (stored once)."""
+def rejected_responses(ctx: ScoreContext, targets: list[Example], ckpt: Checkpoint, max_new: int) -> list[Example]:
+    """Targets with a ``rejected`` response: the user's, else the greedy answer (up to `max_new` tokens) of the
+    model at `ckpt` (its adapter loaded), generated once per checkpoint and stored."""
     missing = [t for t in targets if t.rejected is None]
     if not missing:
         return targets
     from gradsift.evaluation.generate import GenerationSettings, generate
 
-    lm = ctx.model
-    max_new = _int(ctx, "prism_max_new_tokens", 128)
-    path = ctx.workdir / f"prism-greedy-{_key([lm.fingerprint, fingerprint(missing), max_new])}.json"
+    key: list[Any] = [ctx.model.fingerprint, fingerprint(missing), max_new]
+    if ckpt.adapter is not None:
+        # the base model's answers keep their key from before checkpoints generated their own
+        key.append(adapter_digest(ckpt.adapter))
+    path = ctx.workdir / f"prism-greedy-{_key(key)}.json"
     if path.exists():
         generated = json.loads(path.read_text())
     else:
+        if ckpt.adapter is None:
+            # a fresh LoRA starts with B = 0: the model of this checkpoint is the base model
+            model, tokenizer = ctx.model.model, ctx.model.tokenizer
+        else:
+            from gradsift.model.lora import load_adapter
+
+            lm = ctx.fresh_model()
+            model, tokenizer = load_adapter(lm.model, ckpt.adapter, trainable=False), lm.tokenizer
         outputs = generate(
-            lm.model,
-            lm.tokenizer,
+            model,
+            tokenizer,
             [t.prompt_messages for t in missing],
             GenerationSettings(max_new_tokens=max_new, batch_size=8),
         )
@@ -368,20 +416,23 @@ def rejected_responses(ctx: ScoreContext, targets: list[Example]) -> list[Exampl
 
 class PrismScorer:
     """PRISM (methods.md section 2): candidate gradients (summed loss) against the preference-weighted
-    target direction ``g* = mean_q pi_q (grad lbar(q, y+) - grad lbar(q, y-))``."""
+    target direction ``g* = mean_q pi_q (grad lbar(q, y+) - grad lbar(q, y-))``, with ``pi_q``, ``g*``,
+    ``y-`` and the candidate gradients all from one checkpoint (by default the model given, module
+    docstring)."""
 
     def score(self, ctx: ScoreContext) -> Scores:
-        from gradsift.score.prism import Scoring, prism_scores
-
         # options first: a typo should not cost a generation and a feature pass
         reduction = _choice(ctx, "prism_reduction", "sum", ("sum", "mean"))
         scoring = _choice(ctx, "prism_scoring", "raw", tuple(s.value for s in Scoring))
         uniform = _flag(ctx, "prism_uniform", False)
-        targets = rejected_responses(ctx, _require_targets(ctx, "prism"))
+        max_new = _int(ctx, "prism_max_new_tokens", 128)
+        given = _require_targets(ctx, "prism")
+        ckpts = checkpoints(ctx, "prism")
         cands, gp, gm, weights, bad = [], [], [], [], np.zeros(len(ctx.pool), dtype=bool)
-        loss_p = loss_m = None
+        loss_p, loss_m = [], []
         tokens = None
-        for ck in checkpoints(ctx):
+        for ck in ckpts:
+            targets = rejected_responses(ctx, given, ck, max_new)
             # One pass serves both reductions: the summed-loss gradient is the token-mean gradient times the
             # example's loss-token count, and the raw score is linear in it (rescaled below).
             store = features(ctx, ck, "pool", ctx.pool)
@@ -394,15 +445,15 @@ class PrismScorer:
             gp.append(_arrays(sp)[0])
             gm.append(_arrays(sm)[0])
             weights.append(ck.weight)
-            if loss_p is None:
-                # preference weights at the reference (first) checkpoint
-                loss_p, loss_m = _extra(sp, "loss"), _extra(sm, "loss")
+            # this checkpoint's preference weights, from its own y-
+            loss_p.append(_extra(sp, "loss"))
+            loss_m.append(_extra(sm, "loss"))
         res = prism_scores(
             cands,
             gp,
             gm,
-            loss_p,
-            loss_m,
+            np.stack(loss_p),
+            np.stack(loss_m),
             weights,
             scoring=scoring,
             uniform=uniform,
@@ -414,10 +465,12 @@ class PrismScorer:
         return Scores(
             score=score,
             info={
-                "preference_weights": [round(float(p), 4) for p in res.preference],
-                "n_generated_rejected": sum(t.rejected is None for t in ctx.targets),
+                "preference_weights": {
+                    ck.name: [round(float(p), 4) for p in pi] for ck, pi in zip(ckpts, res.preference, strict=True)
+                },
+                "n_generated_rejected": sum(t.rejected is None for t in given),
                 "reduction": reduction,
-                "checkpoints": [ck.__dict__ for ck in checkpoints(ctx)],
+                "checkpoints": [ck.__dict__ for ck in ckpts],
                 "timings_s": _timing_info(ctx),
             },
         )

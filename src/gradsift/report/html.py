@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from gradsift.evaluation.bench import ReportData
+from gradsift.report.data import ReportData
 from gradsift.report.markdown import (
     Table,
     all_metrics_table,
@@ -162,7 +162,7 @@ def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
     for method, (top, bottom) in extremes.items():
         out.append(f"<h3>{escape(method)}: highest scores</h3>{html_table(top, 'wide')}")
         out.append(f"<h3>{escape(method)}: lowest scores</h3>{html_table(bottom, 'wide')}")
-    expected = data.random_jaccard()
+    expected = data.overlap.expected_random
     out += [
         '<h2 id="overlap">Overlap between selections</h2>',
         "<p>Jaccard index |A ∩ B| / |A ∪ B| of every two selections"

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradsift.evaluation.bench import BASELINES, ReportData
+from gradsift.report.data import BASELINES, ReportData
 
 PROMPT_CHARS = 160
 RESPONSE_CHARS = 220
@@ -174,7 +174,7 @@ def feasibility_table(data: ReportData) -> Table:
 
 def task_share_table(data: ReportData) -> Table:
     """Share of each task in the pool and in each method's selection."""
-    tasks, shares = data.task_shares()
+    tasks, shares = data.task_shares.tasks, data.task_shares.shares
     names = list(shares)
     rows = [[t, *[pct(shares[n].get(t, 0.0)) for n in names]] for t in tasks]
     return Table(["task", *names], rows, [False] + [True] * len(names))
@@ -182,7 +182,7 @@ def task_share_table(data: ReportData) -> Table:
 
 def overlap_table(data: ReportData) -> Table:
     """Jaccard overlap of every two selections."""
-    names, mat = data.jaccard()
+    names, mat = data.overlap.methods, data.overlap.jaccard
     rows = [[n, *[fmt(v, 3) for v in mat[i]]] for i, n in enumerate(names)]
     return Table(["", *names], rows, [False] + [True] * len(names))
 
@@ -269,7 +269,7 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
         parts.append(f"\n### {method}: lowest scores\n\n{markdown_table(bottom)}")
     parts.append("\n## Overlap between selections (Jaccard)\n\n")
     parts.append(markdown_table(overlap_table(data)))
-    expected = data.random_jaccard()
+    expected = data.overlap.expected_random
     if expected is not None:
         parts.append(f"\nTwo independent random selections of this size overlap {expected:.3f} on average.\n")
     if "overlap" in figures:

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradsift.evaluation.bench import BASELINES, ReportData
+from gradsift.report.data import BASELINES, ReportData
 
 DPI = 110
 MAX_TASKS = 12
@@ -142,7 +142,7 @@ def task_balance(data: ReportData) -> bytes | None:
     """Heat map of task shares: the pool's and each selection's, with the share written in each cell."""
     if not data.selections or not data.pool:
         return None
-    tasks, shares = data.task_shares()
+    tasks, shares = data.task_shares.tasks, data.task_shares.shares
     shown = tasks[:MAX_TASKS]
     names = list(shares)
     mat = np.array([[shares[n].get(t, 0.0) for t in shown] for n in names])
@@ -208,7 +208,7 @@ def score_distributions(data: ReportData) -> bytes | None:
 
 def overlap(data: ReportData) -> bytes | None:
     """Jaccard overlap of the methods' selections as an annotated heat map."""
-    names, mat = data.jaccard()
+    names, mat = data.overlap.methods, data.overlap.jaccard
     if len(names) < 2:
         return None
     size = 1.0 + 0.65 * len(names)

@@ -8,38 +8,36 @@ pairs) are dropped by default, as in the source (option ``ifd_max``, default 1.0
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from gradsift.data.tokenize import encode_messages
-from gradsift.recipes.base import ScoreContext
-from gradsift.score.base import Scores
-from gradsift.score.loss import per_example_losses
+
+def ifd_ratio(loss_with_instruction: Any, loss_alone: Any) -> np.ndarray:
+    """``IFD = lbar(y | x) / lbar(y)`` per candidate.
+
+    Args:
+        loss_with_instruction: Token-mean response losses with the instruction [N].
+        loss_alone: Token-mean losses of the response alone [N].
+
+    Returns:
+        float64 [N]; NaN or inf where a loss is NaN or the loss alone is 0 (no warning: such rows are dropped).
+    """
+    cond = np.asarray(loss_with_instruction, dtype=np.float64)
+    direct = np.asarray(loss_alone, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return cond / direct
 
 
-class IFDScorer:
-    """Score = IFD, NaN (never selected) for IFD at or above ``ifd_max``."""
+def ifd_scores(ifd: Any, ifd_max: float = 1.0) -> np.ndarray:
+    """IFD as the score, NaN (never selected) for IFD at or above `ifd_max` and for undefined IFD.
 
-    def score(self, ctx: ScoreContext) -> Scores:
-        lm = ctx.model
-        encoded, _ = ctx.encoded_pool()
-        # The response alone, in the same format: an empty user turn keeps the template's assistant header.
-        alone = [
-            encode_messages(
-                lm.tokenizer,
-                [{"role": "user", "content": ""}, {"role": "assistant", "content": ex.response}],
-                ctx.max_length,
-            )
-            for ex in ctx.pool
-        ]
-        pad = lm.tokenizer.pad_token_id
-        cond = per_example_losses(lm.model, encoded, pad, ctx.batch_tokens, desc="ifd: with instruction")
-        direct = per_example_losses(lm.model, alone, pad, ctx.batch_tokens, desc="ifd: response alone")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ifd = cond / direct
-        limit = float(ctx.options.get("ifd_max", 1.0))
-        score = np.where(ifd < limit, ifd, np.nan)
-        return Scores(
-            score=score,
-            columns={"ifd": ifd, "loss_with_instruction": cond, "loss_alone": direct},
-            info={"ifd_max": limit, "n_dropped_ifd_max": int(np.sum(~(ifd < limit)))},
-        )
+    Args:
+        ifd: IFD of each candidate [N] (`ifd_ratio`).
+        ifd_max: The source's rule drops IFD >= 1: the instruction does not make the response more likely.
+
+    Returns:
+        float64 [N].
+    """
+    ifd = np.asarray(ifd, dtype=np.float64)
+    return np.where(ifd < ifd_max, ifd, np.nan)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 
-from gradsift.recipes.base import ScoreContext
-from gradsift.score.base import Scores
 
+def length_scores(lengths: Any, order: Literal["long", "short"] = "long") -> np.ndarray:
+    """Score each candidate by its response length.
 
-class LengthScorer:
-    """Score = number of response (loss) tokens under the model's tokenizer; characters when no model is set.
+    Args:
+        lengths: Response lengths [N] (loss tokens, or characters when no tokenizer is at hand).
+        order: ``"long"`` ranks the longest first, ``"short"`` the shortest (the negated length).
 
-    Option ``length_order``: ``"long"`` (default) keeps the longest, ``"short"`` the shortest.
+    Returns:
+        float64 [N].
+
+    Raises:
+        ValueError: On an unknown order.
     """
-
-    def score(self, ctx: ScoreContext) -> Scores:
-        if ctx.load_model is not None:
-            encoded, _ = ctx.encoded_pool()
-            tokens = np.array([e.n_loss_tokens for e in encoded], dtype=np.float64)
-            unit = "tokens"
-        else:
-            tokens = np.array([len(ex.response) for ex in ctx.pool], dtype=np.float64)
-            unit = "characters"
-        sign = -1.0 if ctx.options.get("length_order", "long") == "short" else 1.0
-        return Scores(score=sign * tokens, columns={"response_length": tokens}, info={"unit": unit})
+    if order not in ("long", "short"):
+        raise ValueError(f"length_order must be 'long' or 'short', got {order!r}")
+    sign = -1.0 if order == "short" else 1.0
+    return sign * np.asarray(lengths, dtype=np.float64)

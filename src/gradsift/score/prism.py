@@ -1,23 +1,30 @@
 """PRISM preference-aware influence scores (methods.md section 2; Lin et al. 2026).
 
 Each target prompt ``q`` has a wanted response ``y+`` and an unwanted one ``y-``. With the token-mean
-losses ``lbar = -log pbar`` at the reference checkpoint, the preference weight is
+losses ``lbar = -log pbar`` at checkpoint c, the preference weight is
 
-    pi_q = pbar(y+|q) / (pbar(y+|q) + pbar(y-|q)) = sigmoid(lbar(q, y-) - lbar(q, y+)),
+    pi_{q,c} = pbar_c(y+|q) / (pbar_c(y+|q) + pbar_c(y-|q)) = sigmoid(lbar_c(q, y-) - lbar_c(q, y+)),
 
 the target direction of checkpoint c is
 
-    g*_c = (1/|Q|) sum_q pi_q (grad lbar_c(q, y+) - grad lbar_c(q, y-)),
+    g*_c = (1/|Q|) sum_q pi_{q,c} (grad lbar_c(q, y+) - grad lbar_c(q, y-)),
 
 and a candidate's score is ``s(z) = sum_c w_c <g_c(z), g*_c>`` (raw inner product, as in the paper), or with
 ``cosine`` scoring ``sum_c w_c cos(g_c(z), g*_c)``. A gradient step on ``z`` with learning rate ``eta``
 changes ``log pbar(y+) - log pbar(y-)`` by ``eta * s(z)`` to first order, so high scores push the model
 towards ``y+``.
 
+One model (the paper's "current model"): ``pi_q``, ``g*``, ``y-`` and the candidate gradients all come from
+the same checkpoint. The paper scores at one model; with several checkpoints (a LESS-style warm-up, gradsift's
+extension) each checkpoint has its own weights, so the losses may be given per checkpoint [C, M]. A single
+[M] set of losses weighs every checkpoint alike (one checkpoint, or weights the caller fixed elsewhere).
+No released code of PRISM is known to gradsift: the formulas follow the paper's text (methods.md section 2).
+
 Missing ``y-`` (gradsift's choice, methods.md section 2): when a target has no ``rejected`` response,
-``y-`` is the model's own greedy response to ``q``, so ``g*`` points from what the model does now towards
-what the user wants; a user-given ``rejected`` always wins. That generation happens where the target
-gradients are computed; this module takes the resulting features and losses as arrays.
+``y-`` is the model's own greedy response to ``q`` (at the checkpoint the gradients are taken at), so ``g*``
+points from what the model does now towards what the user wants; a user-given ``rejected`` always wins. That
+generation happens where the target gradients are computed (`gradsift.recipes.sft`); this module takes the
+resulting features and losses as arrays.
 ``uniform=True`` sets every ``pi_q = 1``, the ablation the paper reports.
 """
 
@@ -46,7 +53,8 @@ class PrismScores:
 
     Attributes:
         scores: float64 [N]; ``-inf`` for bad rows.
-        preference: float64 [M]: the weights ``pi_q`` used (all 1 with ``uniform``).
+        preference: float64 [M], or [C, M] for per-checkpoint losses: the weights ``pi_q`` used (all 1 with
+            ``uniform``).
         directions: float64 [C, k]: the target direction ``g*_c`` of each checkpoint.
         bad: bool [N]: rows excluded (masked by the caller or with non-finite features).
     """
@@ -69,7 +77,7 @@ def preference_weights(loss_chosen: Any, loss_rejected: Any, uniform: bool = Fal
     so losses in the hundreds (long, unlikely responses) are fine.
 
     Args:
-        loss_chosen: Token-mean losses ``lbar(q, y+)`` [M] at the reference checkpoint.
+        loss_chosen: Token-mean losses ``lbar(q, y+)`` [M] at one checkpoint.
         loss_rejected: Token-mean losses ``lbar(q, y-)`` [M].
         uniform: Return all ones (the paper's ablation); the losses are still checked.
 
@@ -152,8 +160,9 @@ def prism_scores(
         grad_chosen: Per checkpoint, target gradients of ``lbar(q, y+)`` [M, k].
         grad_rejected: Per checkpoint, target gradients of ``lbar(q, y-)`` [M, k] (module docstring for
             targets without a rejected response).
-        loss_chosen: Token-mean losses ``lbar(q, y+)`` [M] at the reference checkpoint.
-        loss_rejected: Token-mean losses ``lbar(q, y-)`` [M] at the reference checkpoint.
+        loss_chosen: Token-mean losses ``lbar(q, y+)``, per checkpoint [C, M] (each checkpoint's ``pi_q`` from
+            its own losses), or [M] for the same weights at every checkpoint.
+        loss_rejected: Token-mean losses ``lbar(q, y-)``, of the same shape.
         weights: Per checkpoint weight (e.g. mean learning rate); None weighs all 1.
         scoring: ``"raw"`` inner product (the paper) or ``"cosine"``.
         uniform: Weigh every target 1 instead of ``pi_q`` (the paper's ablation).
@@ -174,9 +183,23 @@ def prism_scores(
             f"{len(grad_chosen)} and rejected for {len(grad_rejected)}"
         )
     checkpoint_weights(weights, len(candidates))
-    preference = preference_weights(loss_chosen, loss_rejected, uniform)
+    lp, lm = np.asarray(loss_chosen, dtype=np.float64), np.asarray(loss_rejected, dtype=np.float64)
+    if lp.ndim == 2:
+        if lp.shape != lm.shape or lp.shape[0] != len(candidates):
+            raise ValueError(
+                f"per-checkpoint losses need shape [C={len(candidates)}, M] for both responses, got {lp.shape} "
+                f"and {lm.shape}"
+            )
+        preference = np.stack([preference_weights(p, m, uniform) for p, m in zip(lp, lm, strict=True)])
+        per_checkpoint = list(preference)
+    else:
+        preference = preference_weights(lp, lm, uniform)
+        per_checkpoint = [preference] * len(candidates)
     directions = np.stack(
-        [target_direction(gp, gm, preference, chunk_rows) for gp, gm in zip(grad_chosen, grad_rejected, strict=True)]
+        [
+            target_direction(gp, gm, pi, chunk_rows)
+            for gp, gm, pi in zip(grad_chosen, grad_rejected, per_checkpoint, strict=True)
+        ]
     )
     n = rows_of(candidates[0], "candidate features").shape[0]
     scores = np.empty(n)

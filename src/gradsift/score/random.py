@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradsift.recipes.base import ScoreContext
-from gradsift.score.base import Scores
 
-
-class RandomScorer:
-    """Uniform random scores from ``numpy.random.default_rng(seed)``; a different seed gives another draw."""
-
-    def score(self, ctx: ScoreContext) -> Scores:
-        rng = np.random.default_rng(ctx.seed)
-        return Scores(score=rng.random(ctx.n), info={"seed": ctx.seed})
+def random_scores(n: int, seed: int) -> np.ndarray:
+    """Uniform scores [N] in [0, 1) from ``numpy.random.default_rng(seed)``; another seed gives another draw."""
+    return np.random.default_rng(seed).random(n)

@@ -57,8 +57,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from gradsift import __version__
 from gradsift.atomic import fsync_dir, write_json_atomic
+from gradsift.version import __version__
 
 logger = logging.getLogger(__name__)
 

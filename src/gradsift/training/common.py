@@ -1,5 +1,6 @@
 """What the SFT, DPO and warm-up runs share: TRL configs with CPU-safe defaults, run directories that
-refuse to mix settings and resume after a kill, the training log, and data counts.
+refuse to mix settings and resume after a kill, the training log, data counts, and the life of a run
+(`execute_run`: check the directory, reuse a finished run or train, resuming, and finish).
 
 A run directory holds ``config.json`` (the settings, data and model fingerprints that produced it),
 ``train_log.jsonl`` (one line per logged step), TRL's ``checkpoint-*`` folders while the run is
@@ -15,7 +16,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -26,6 +27,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from gradsift.atomic import write_json_atomic, write_text_atomic
 from gradsift.data.records import fingerprint
+from gradsift.model.lora import LoraSettings, is_peft_model, load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,14 @@ CONFIG_FILE = "config.json"
 LOG_FILE = "train_log.jsonl"
 RESULT_FILE = "result.json"
 ADAPTER_DIR = "adapter"
+# What an SFT or DPO run writes in its directory (``overwrite`` deletes these and nothing else).
+RUN_OWNED = (CONFIG_FILE, LOG_FILE, RESULT_FILE, ADAPTER_DIR, "README.md")
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Settings that change how a run is logged or saved, not what it learns: a resumed run may change them.
 _BOOKKEEPING_KEYS = re.compile(r"^(output_dir|logging_.*|run_name|save_.*|report_to|disable_tqdm|push_to_hub|hub_.*)$")
 
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
+R = TypeVar("R")
 
 
 def device_defaults(config_cls: type[TrainingArguments]) -> dict[str, Any]:
@@ -126,13 +131,6 @@ def comparable_config(cfg: TrainingArguments) -> dict[str, Any]:
     """The config's settings that decide what a run learns, as JSON values (bookkeeping fields left out)."""
     d = json.loads(cfg.to_json_string())
     return {k: v for k, v in d.items() if not _BOOKKEEPING_KEYS.match(k)}
-
-
-def is_peft_model(model: Any) -> bool:
-    """Whether `model` is a peft wrapper (a base model with an injected adapter is not)."""
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
 
 
 def model_fingerprint(model: Any) -> str:
@@ -463,8 +461,6 @@ def finish_run(
 
 def reuse_result(out_dir: Path, model: Any) -> TrainResult:
     """Read a finished run's result and load its adapter onto `model` (in place, as training would have)."""
-    from gradsift.model.lora import load_adapter
-
     d = json.loads((out_dir / RESULT_FILE).read_text())
     adapter_dir = out_dir / d["adapter_dir"]
     if is_peft_model(model):
@@ -484,4 +480,113 @@ def reuse_result(out_dir: Path, model: Any) -> TrainResult:
         reused=True,
         counts=DataCounts(**d["counts"]),
         model=model,
+    )
+
+
+@dataclass
+class RunPlan:
+    """A run as decided before anything trains: its directory, TRL config, dataset and LoRA.
+
+    Attributes:
+        out_dir: The run directory.
+        config: The TRL config (`SFTConfig`, `DPOConfig`), its ``output_dir`` being `out_dir`.
+        dataset: What the trainer trains on.
+        counts: The records the dataset holds, truncated or left out.
+        lora: The LoRA settings to add to the model; None trains the adapter the model already has.
+    """
+
+    out_dir: Path
+    config: Any
+    dataset: Any = field(repr=False)
+    counts: DataCounts
+    lora: LoraSettings | None
+
+    def identity(self, kind: str, model: Any, tokenizer: Any, records: Sequence[Any], **extra: Any) -> dict[str, Any]:
+        """The run's ``config.json`` (`run_config` of this plan, with the data counts last)."""
+        return run_config(kind, self.config, model, tokenizer, self.lora, records, **extra, data=self.counts.as_dict())
+
+
+def execute_run(
+    plan: RunPlan,
+    identity: dict[str, Any],
+    make_trainer: Callable[[], Any],
+    finish: Callable[[Any, Any, Path | None], R],
+    reuse: Callable[[], R],
+    *,
+    what: str,
+    done_file: str,
+    owned: tuple[str, ...],
+    resume: bool,
+    overwrite: bool,
+) -> R:
+    """Train, resume or reuse the run of `plan`: the life every run directory goes through.
+
+    The directory is checked against `identity` (`prepare_run_dir`). A finished run returns `reuse()`.
+    Otherwise the data counts are logged, the trainer is built and trained (from the last complete checkpoint
+    when resuming) with the run's ``train_log.jsonl``, and `finish` writes the run's results.
+
+    Args:
+        plan: The run.
+        identity: Settings and fingerprints that identify it (its ``config.json``).
+        make_trainer: Builds the trainer (only when there is something to train).
+        finish: ``finish(trainer, train_output, resumed_from)`` after training; what it returns is returned.
+        reuse: The result of the finished run found in the directory.
+        what: What the data is, for the truncation warning (e.g. ``"SFT data"``).
+        done_file: The file whose presence marks a finished run (`finish` writes it).
+        owned: Glob patterns of the files a run of this kind writes (see `prepare_run_dir`).
+        resume: Resume an unfinished run with the same settings.
+        overwrite: Replace a run with different settings, or redo a finished one.
+
+    Returns:
+        What `finish` or `reuse` returned.
+
+    Raises:
+        ValueError: The directory holds a run with other settings (without `overwrite`) or is not a run.
+    """
+    state, ckpt = prepare_run_dir(plan.out_dir, identity, done_file, owned, resume, overwrite)
+    if state is RunState.DONE:
+        return reuse()
+    plan.counts.warn(f"{what} for {plan.out_dir}")
+    trainer = make_trainer()
+    output = run_trainer(trainer, plan.out_dir, ckpt)
+    return finish(trainer, output, ckpt)
+
+
+def train_adapter(
+    plan: RunPlan,
+    identity: dict[str, Any],
+    make_trainer: Callable[[], Any],
+    model: Any,
+    tokenizer: Any,
+    *,
+    what: str,
+    resume: bool,
+    overwrite: bool,
+) -> TrainResult:
+    """`execute_run` for an SFT or DPO run: it ends with ``adapter/`` and ``result.json``.
+
+    Args:
+        plan: The run.
+        identity: Its settings and fingerprints.
+        make_trainer: Builds the trainer of `model`.
+        model: The model trained; a finished run's adapter is loaded onto it instead.
+        tokenizer: Saved beside the adapter.
+        what: What the data is, for the truncation warning.
+        resume: Resume an unfinished run with the same settings.
+        overwrite: Replace a run with different settings, or retrain a finished one.
+
+    Returns:
+        The result; ``result.model`` is the model with the trained adapter.
+    """
+    return execute_run(
+        plan,
+        identity,
+        make_trainer,
+        finish=lambda trainer, output, ckpt: finish_run(trainer, tokenizer, plan.out_dir, output, ckpt, plan.counts),
+        reuse=lambda: reuse_result(plan.out_dir, model),
+        what=what,
+        done_file=RESULT_FILE,
+        owned=RUN_OWNED,
+        resume=resume,
+        overwrite=overwrite,
     )

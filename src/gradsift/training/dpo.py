@@ -20,26 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from gradsift.data.records import Pair
-from gradsift.data.tokenize import _segments
-from gradsift.model.lora import LoraSettings
-from gradsift.training.common import (
-    ADAPTER_DIR,
-    CONFIG_FILE,
-    LOG_FILE,
-    RESULT_FILE,
-    DataCounts,
-    RunState,
-    TrainResult,
-    finish_run,
-    is_peft_model,
-    make_config,
-    prepare_run_dir,
-    reuse_result,
-    run_config,
-    run_trainer,
-)
+from gradsift.data.tokenize import segments
+from gradsift.model.lora import LoraSettings, is_peft_model
+from gradsift.training.common import DataCounts, RunPlan, TrainResult, make_config, train_adapter
 
-DPO_OWNED = (CONFIG_FILE, LOG_FILE, RESULT_FILE, ADAPTER_DIR, "README.md")
+_DEFAULTS = {"num_train_epochs": 1}
 
 
 def pair_row(tokenizer: Any, pair: Pair) -> dict[str, Any]:
@@ -56,7 +41,7 @@ def pair_row(tokenizer: Any, pair: Pair) -> dict[str, Any]:
             "chosen": [{"role": "assistant", "content": pair.chosen}],
             "rejected": [{"role": "assistant", "content": pair.rejected}],
         }
-    segs = _segments(tokenizer, pair.prompt + [{"role": "assistant", "content": pair.chosen}])
+    segs = segments(tokenizer, pair.prompt + [{"role": "assistant", "content": pair.chosen}])
     last_loss = max(i for i, (_, is_loss) in enumerate(segs) if is_loss)
     eos = tokenizer.eos_token or ""
     return {
@@ -162,13 +147,29 @@ def make_dpo_trainer(
         args=cfg,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora.to_peft(),
+        peft_config=lora.to_peft(model),
         callbacks=callbacks,
     )
     adapters: Any = getattr(trainer.model, "peft_config", {})
     if trainer.ref_model is not None or "ref" in adapters:
         raise RuntimeError("TRL built a separate DPO reference; gradsift needs the adapter-disabled base model")
     return trainer
+
+
+def plan_dpo(
+    tokenizer: Any, pairs: Sequence[Pair], out_dir: str | Path, lora: LoraSettings, config: Any, beta: float | None
+) -> RunPlan:
+    """The DPO run `train_dpo` trains (arguments as there; `lora` checked by `_check_base`).
+
+    Raises:
+        ValueError: No usable pairs, or bad config overrides.
+    """
+    from trl import DPOConfig
+
+    out_dir = Path(out_dir)
+    cfg = make_config(DPOConfig, config, out_dir, _DEFAULTS, {"beta": beta} if beta is not None else None)
+    dataset, counts = dpo_dataset(tokenizer, pairs, cfg.max_length, cfg.truncation_mode)
+    return RunPlan(out_dir, cfg, dataset, counts, lora)
 
 
 def build_dpo_trainer(
@@ -187,15 +188,9 @@ def build_dpo_trainer(
     Returns:
         The trainer and the data counts.
     """
-    from trl import DPOConfig
-
-    lora = _check_base(model, lora)
-    cfg = make_config(DPOConfig, config, out_dir, _DEFAULTS, {"beta": beta} if beta is not None else None)
-    dataset, counts = dpo_dataset(tokenizer, pairs, cfg.max_length, cfg.truncation_mode)
-    return make_dpo_trainer(model, tokenizer, cfg, dataset, lora, callbacks), counts
-
-
-_DEFAULTS = {"num_train_epochs": 1}
+    checked = _check_base(model, lora)
+    plan = plan_dpo(tokenizer, pairs, out_dir, checked, config, beta)
+    return make_dpo_trainer(model, tokenizer, plan.config, plan.dataset, checked, callbacks), plan.counts
 
 
 def train_dpo(
@@ -237,17 +232,16 @@ def train_dpo(
         ValueError: A peft model, different settings in `out_dir` without `overwrite`, no usable pairs, or
             bad config overrides.
     """
-    from trl import DPOConfig
-
-    out_dir = Path(out_dir)
-    lora = _check_base(model, lora)
-    cfg = make_config(DPOConfig, config, out_dir, _DEFAULTS, {"beta": beta} if beta is not None else None)
-    dataset, counts = dpo_dataset(tokenizer, pairs, cfg.max_length, cfg.truncation_mode)
-    rc = run_config("dpo", cfg, model, tokenizer, lora, pairs, data=counts.as_dict())
-    state, ckpt = prepare_run_dir(out_dir, rc, RESULT_FILE, DPO_OWNED, resume, overwrite)
-    if state is RunState.DONE:
-        return reuse_result(out_dir, model)
-    counts.warn(f"DPO pairs for {out_dir}")
-    trainer = make_dpo_trainer(model, tokenizer, cfg, dataset, lora, callbacks)
-    output = run_trainer(trainer, out_dir, ckpt)
-    return finish_run(trainer, tokenizer, out_dir, output, ckpt, counts)
+    checked = _check_base(model, lora)
+    plan = plan_dpo(tokenizer, pairs, out_dir, checked, config, beta)
+    identity = plan.identity("dpo", model, tokenizer, pairs)
+    return train_adapter(
+        plan,
+        identity,
+        lambda: make_dpo_trainer(model, tokenizer, plan.config, plan.dataset, checked, callbacks),
+        model,
+        tokenizer,
+        what="DPO pairs",
+        resume=resume,
+        overwrite=overwrite,
+    )

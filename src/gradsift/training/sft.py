@@ -15,25 +15,8 @@ from typing import Any
 
 from gradsift.data.records import Example
 from gradsift.data.tokenize import Truncation, encode_examples
-from gradsift.model.lora import LoraSettings
-from gradsift.training.common import (
-    ADAPTER_DIR,
-    CONFIG_FILE,
-    LOG_FILE,
-    RESULT_FILE,
-    DataCounts,
-    RunState,
-    TrainResult,
-    finish_run,
-    is_peft_model,
-    make_config,
-    prepare_run_dir,
-    reuse_result,
-    run_config,
-    run_trainer,
-)
-
-SFT_OWNED = (CONFIG_FILE, LOG_FILE, RESULT_FILE, ADAPTER_DIR, "README.md")
+from gradsift.model.lora import LoraSettings, lora_to_add
+from gradsift.training.common import DataCounts, RunPlan, TrainResult, make_config, train_adapter
 
 
 def sft_dataset(
@@ -67,6 +50,45 @@ def sft_dataset(
     return Dataset.from_dict(rows), counts
 
 
+def plan_sft(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    lora: LoraSettings | None,
+    config: Any,
+    truncation: Truncation,
+) -> RunPlan:
+    """The SFT run `train_sft` trains (arguments as there): its config, dataset and LoRA to add.
+
+    Raises:
+        ValueError: No examples, bad config overrides, or `lora` for a model that already has an adapter.
+    """
+    from trl import SFTConfig
+
+    out_dir = Path(out_dir)
+    lora = lora_to_add(model, lora)
+    cfg = make_config(SFTConfig, config, out_dir)
+    dataset, counts = sft_dataset(tokenizer, examples, cfg.max_length, truncation)
+    return RunPlan(out_dir, cfg, dataset, counts, lora)
+
+
+def make_sft_trainer(
+    model: Any, tokenizer: Any, cfg: Any, dataset: Any, lora: LoraSettings | None, callbacks: list[Any] | None
+) -> Any:
+    """An `SFTTrainer` on a dataset from `sft_dataset`; `lora` None trains the adapter `model` already has."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora.to_peft(model) if lora is not None else None,
+        callbacks=callbacks,
+    )
+
+
 def build_sft_trainer(
     model: Any,
     tokenizer: Any,
@@ -83,36 +105,8 @@ def build_sft_trainer(
     Returns:
         The trainer (its model is the peft model) and the data counts.
     """
-    from trl import SFTConfig
-
-    cfg = make_config(SFTConfig, config, out_dir)
-    dataset, counts = sft_dataset(tokenizer, examples, cfg.max_length, truncation)
-    return make_sft_trainer(model, tokenizer, cfg, dataset, _lora_for(model, lora), callbacks), counts
-
-
-def make_sft_trainer(
-    model: Any, tokenizer: Any, cfg: Any, dataset: Any, lora: LoraSettings | None, callbacks: list[Any] | None
-) -> Any:
-    """An `SFTTrainer` on a dataset from `sft_dataset`; `lora` None trains the adapter `model` already has."""
-    from trl import SFTTrainer
-
-    return SFTTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora.to_peft() if lora is not None else None,
-        callbacks=callbacks,
-    )
-
-
-def _lora_for(model: Any, lora: LoraSettings | None) -> LoraSettings | None:
-    """The LoRA settings to add to `model`: None for a model that already has an adapter."""
-    if is_peft_model(model):
-        if lora is not None:
-            raise ValueError("the model already has a LoRA adapter: pass lora=None to train it, or the base model")
-        return None
-    return lora or LoraSettings()
+    plan = plan_sft(model, tokenizer, examples, out_dir, lora, config, truncation)
+    return make_sft_trainer(model, tokenizer, plan.config, plan.dataset, plan.lora, callbacks), plan.counts
 
 
 def train_sft(
@@ -158,17 +152,15 @@ def train_sft(
         ValueError: Different settings in `out_dir` without `overwrite`, no trainable examples, bad overrides,
             or `lora` given for a model that already has an adapter.
     """
-    from trl import SFTConfig
-
-    out_dir = Path(out_dir)
-    lora = _lora_for(model, lora)
-    cfg = make_config(SFTConfig, config, out_dir)
-    dataset, counts = sft_dataset(tokenizer, examples, cfg.max_length, truncation)
-    rc = run_config("sft", cfg, model, tokenizer, lora, examples, truncation=truncation, data=counts.as_dict())
-    state, ckpt = prepare_run_dir(out_dir, rc, RESULT_FILE, SFT_OWNED, resume, overwrite)
-    if state is RunState.DONE:
-        return reuse_result(out_dir, model)
-    counts.warn(f"SFT data for {out_dir}")
-    trainer = make_sft_trainer(model, tokenizer, cfg, dataset, lora, callbacks)
-    output = run_trainer(trainer, out_dir, ckpt)
-    return finish_run(trainer, tokenizer, out_dir, output, ckpt, counts)
+    plan = plan_sft(model, tokenizer, examples, out_dir, lora, config, truncation)
+    identity = plan.identity("sft", model, tokenizer, examples, truncation=truncation)
+    return train_adapter(
+        plan,
+        identity,
+        lambda: make_sft_trainer(model, tokenizer, plan.config, plan.dataset, plan.lora, callbacks),
+        model,
+        tokenizer,
+        what="SFT data",
+        resume=resume,
+        overwrite=overwrite,
+    )

@@ -12,7 +12,8 @@ Each epoch ``k`` leaves ``epoch-k/`` in the run directory with
 
 ``warmup.json`` lists the checkpoints, their learning rates, the sampled example ids and the settings. A
 rerun with the same settings, pool and model reuses it; different ones are refused unless `overwrite`.
-No pickles: the feature stage reads these files with safetensors and JSON only.
+No pickles: the feature stage reads these files with safetensors and JSON only
+(`gradsift.gradients.precondition.load_checkpoint_optimizer`).
 """
 
 from __future__ import annotations
@@ -26,28 +27,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example
 from gradsift.data.tokenize import Truncation
-from gradsift.model.lora import LoraSettings
+from gradsift.model.lora import OPTIMIZER_JSON, OPTIMIZER_TENSORS, LoraSettings, lora_to_add
 from gradsift.training.common import (
     CONFIG_FILE,
     LOG_FILE,
-    RunState,
+    RunPlan,
+    execute_run,
     make_config,
-    prepare_run_dir,
     remove_checkpoints,
-    run_config,
-    run_trainer,
 )
-from gradsift.training.sft import _lora_for, make_sft_trainer, sft_dataset
+from gradsift.training.sft import make_sft_trainer, sft_dataset
 
 MANIFEST = "warmup.json"
-OPTIMIZER_TENSORS = "optimizer.safetensors"
-OPTIMIZER_JSON = "optimizer.json"
 CHECKPOINT_JSON = "checkpoint.json"
 _OWNED = (CONFIG_FILE, LOG_FILE, MANIFEST, "epoch-*", ".epoch-*", "README.md")
 
@@ -184,41 +181,6 @@ def save_optimizer_state(model: Any, optimizer: Any, path: Path) -> None:
     )
 
 
-def load_checkpoint_optimizer(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float], float]:
-    """Read a warm-up checkpoint's Adam state, for LESS's preconditioned features (methods.md section 1).
-
-    Args:
-        path: A checkpoint folder (``epoch-k``).
-
-    Returns:
-        ``exp_avg`` [P] and ``exp_avg_sq`` [P] float32 (trainable parameters flattened in `named_parameters`
-        order, as listed in ``optimizer.json``), ``betas`` and ``eps``.
-
-    Raises:
-        FileNotFoundError: The folder lacks ``optimizer.safetensors`` or ``optimizer.json``.
-        ValueError: The files disagree on the number of parameters or miss a field.
-    """
-    path = Path(path)
-    for name in (OPTIMIZER_TENSORS, OPTIMIZER_JSON):
-        if not (path / name).exists():
-            raise FileNotFoundError(f"{path}: no {name}, not a warm-up checkpoint")
-    tensors = load_file(str(path / OPTIMIZER_TENSORS))
-    meta = json.loads((path / OPTIMIZER_JSON).read_text())
-    missing = [k for k in ("betas", "eps", "n_params") if k not in meta] + [
-        k for k in ("exp_avg", "exp_avg_sq") if k not in tensors
-    ]
-    if missing:
-        raise ValueError(f"{path}: optimizer state lacks {', '.join(missing)}")
-    m, v = tensors["exp_avg"].float(), tensors["exp_avg_sq"].float()
-    if m.ndim != 1 or m.shape != v.shape or m.numel() != meta["n_params"]:
-        raise ValueError(
-            f"{path}: exp_avg {tuple(m.shape)} and exp_avg_sq {tuple(v.shape)} "
-            f"do not match n_params={meta['n_params']}"
-        )
-    b1, b2 = meta["betas"]
-    return m, v, (float(b1), float(b2)), float(meta["eps"])
-
-
 class EpochCheckpointCallback(TrainerCallback):
     """Saves the adapter, the Adam state and the epoch's mean learning rate at the end of every epoch.
 
@@ -324,37 +286,54 @@ def run_warmup(
 
     out_dir = Path(out_dir)
     settings = settings or WarmupSettings()
-    lora = _lora_for(model, lora)
+    lora = lora_to_add(model, lora)
     required = {"num_train_epochs": settings.epochs, "max_steps": -1, "save_strategy": "epoch"}
     cfg = make_config(SFTConfig, config, out_dir, required=required)
     if "adam" not in str(getattr(cfg.optim, "value", cfg.optim)).lower():
         raise ValueError(f"the warm-up needs an AdamW optimizer for LESS's Adam features, got optim={cfg.optim}")
     sample = sample_pool(pool, settings)
     dataset, counts = sft_dataset(tokenizer, sample, cfg.max_length, settings.truncation)
-    rc = run_config("warmup", cfg, model, tokenizer, lora, pool, warmup=settings.as_dict(), data=counts.as_dict())
-    state, ckpt = prepare_run_dir(out_dir, rc, MANIFEST, _OWNED, resume, overwrite)
-    if state is RunState.DONE:
-        return load_warmup(out_dir)
-    counts.warn(f"warm-up data for {out_dir}")
-    trainer = make_sft_trainer(model, tokenizer, cfg, dataset, lora, [EpochCheckpointCallback(out_dir)])
-    for cb in callbacks or []:
-        trainer.add_callback(cb)
-    run_trainer(trainer, out_dir, ckpt)
-    checkpoints = _read_checkpoints(out_dir, settings.epochs)
-    ids = [ex.id for ex in sample]
-    write_json_atomic(
-        out_dir / MANIFEST,
-        {
-            "settings": settings.as_dict(),
-            "lora": rc["lora"],
-            "data_fingerprint": rc["data_fingerprint"],
-            "model_fingerprint": rc["model_fingerprint"],
-            "n_pool": len(pool),
-            "example_ids": ids,
-            "counts": counts.as_dict(),
-            "checkpoints": [{"epoch": c.epoch, "path": c.path.name, "lr": c.lr, "step": c.step} for c in checkpoints],
-            "lrs": [c.lr for c in checkpoints],
-        },
+    plan = RunPlan(out_dir, cfg, dataset, counts, lora)
+    # The identity covers the whole pool: the sample is drawn from it by the settings.
+    rc = plan.identity("warmup", model, tokenizer, pool, warmup=settings.as_dict())
+
+    def make_trainer() -> Any:
+        trainer = make_sft_trainer(model, tokenizer, cfg, dataset, lora, [EpochCheckpointCallback(out_dir)])
+        for cb in callbacks or []:
+            trainer.add_callback(cb)
+        return trainer
+
+    def finish(trainer: Any, output: Any, resumed_from: Path | None) -> WarmupResult:
+        checkpoints = _read_checkpoints(out_dir, settings.epochs)
+        ids = [ex.id for ex in sample]
+        write_json_atomic(
+            out_dir / MANIFEST,
+            {
+                "settings": settings.as_dict(),
+                "lora": rc["lora"],
+                "data_fingerprint": rc["data_fingerprint"],
+                "model_fingerprint": rc["model_fingerprint"],
+                "n_pool": len(pool),
+                "example_ids": ids,
+                "counts": counts.as_dict(),
+                "checkpoints": [
+                    {"epoch": c.epoch, "path": c.path.name, "lr": c.lr, "step": c.step} for c in checkpoints
+                ],
+                "lrs": [c.lr for c in checkpoints],
+            },
+        )
+        remove_checkpoints(out_dir)
+        return WarmupResult(out_dir=out_dir, checkpoints=checkpoints, example_ids=ids, model=trainer.model)
+
+    return execute_run(
+        plan,
+        rc,
+        make_trainer,
+        finish,
+        lambda: load_warmup(out_dir),
+        what="warm-up data",
+        done_file=MANIFEST,
+        owned=_OWNED,
+        resume=resume,
+        overwrite=overwrite,
     )
-    remove_checkpoints(out_dir)
-    return WarmupResult(out_dir=out_dir, checkpoints=checkpoints, example_ids=ids, model=trainer.model)

@@ -1,0 +1,75 @@
+"""A bench run as report data: the task shares, Jaccard overlaps and expected random overlap the report shows,
+against direct counts; the pool records as the report shows them."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from gradsift.benchmark.reportdata import pool_item, selection_summary
+from gradsift.data.records import Example, MCItem, Pair
+from gradsift.report.data import MethodSelection, PoolItem
+
+
+def pool_and_selections(n_pool: int = 40) -> tuple[list[PoolItem], list[MethodSelection]]:
+    rng = np.random.default_rng(0)
+    tasks = ["gsm8k", "alpaca", "strategyqa", None]
+    pool = [PoolItem(id=f"p{i}", task=tasks[i % 4], prompt=f"question {i}", response=f"a {i}") for i in range(n_pool)]
+    pool[3] = PoolItem(id="p3", task="alpaca", prompt="q", response="a")
+    score_a = rng.normal(size=n_pool)
+    score_a[5] = np.nan
+    sel_a = [int(i) for i in np.argsort(-np.nan_to_num(score_a, nan=-9))[:8]]
+    selections = [
+        MethodSelection("less", 8, 0, sel_a, score_a),
+        MethodSelection("length", 8, 0, list(range(n_pool - 8, n_pool))[::-1], np.arange(n_pool, dtype=float)),
+        MethodSelection("random", 8, 0, list(range(0, 16, 2)), rng.random(n_pool)),
+    ]
+    return pool, selections
+
+
+def test_task_shares_and_jaccard_against_direct_counts():
+    pool, selections = pool_and_selections()
+    task_shares, overlap = selection_summary(pool, selections)
+    tasks, shares = task_shares.tasks, task_shares.shares
+    labels = [p.task or "(none)" for p in pool]
+    assert set(tasks) == set(labels)
+    assert tasks == [t for t, _ in Counter(labels).most_common()]
+    assert list(shares) == ["pool", "less", "length", "random"]
+    for s in selections:
+        for t in tasks:
+            assert shares[s.method][t] == pytest.approx(sum(labels[i] == t for i in s.rows) / len(s.rows))
+    assert sum(shares["pool"].values()) == pytest.approx(1.0)
+    names, mat = overlap.methods, overlap.jaccard
+    assert names == [s.method for s in selections]
+    for i, a in enumerate(selections):
+        for j, b in enumerate(selections):
+            sa, sb = set(a.rows), set(b.rows)
+            assert mat[i, j] == pytest.approx(len(sa & sb) / len(sa | sb))
+    # expected overlap of two uniform 8-of-40 selections, from the hypergeometric mean 8 * 8 / 40
+    assert overlap.expected_random == pytest.approx(1.6 / (16 - 1.6))
+
+
+def test_without_selections_only_the_pool_has_shares():
+    pool, _ = pool_and_selections()
+    task_shares, overlap = selection_summary(pool, [])
+    assert list(task_shares.shares) == ["pool"]
+    assert overlap.methods == [] and overlap.jaccard.shape == (0, 0) and overlap.expected_random is None
+
+
+def test_pool_items_show_the_last_user_turn_and_the_response():
+    example = Example(
+        id="e",
+        messages=[
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": "second"},
+            {"role": "assistant", "content": "answer"},
+        ],
+        task="t",
+    )
+    assert pool_item(example) == PoolItem("e", "t", "second", "answer")
+    pair = Pair(id="p", prompt=[{"role": "user", "content": "q"}], chosen="good", rejected="bad")
+    assert pool_item(pair) == PoolItem("p", None, "q", "chosen: good\nrejected: bad")
+    assert pool_item(MCItem("m", "q?", ["a", "b"], "B")) == PoolItem("m", None, "q?", "b")

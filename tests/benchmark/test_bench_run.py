@@ -1,0 +1,250 @@
+"""`gradsift bench`'s run: the selection fast path against run_select, a small grid end to end, resuming,
+re-evaluation after a benchmark change, the prepare step and DPO grids."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from benchkit import FAST_SELECT, FAST_TRAIN, bench_dict, write_jsonl
+
+from gradsift import pipeline
+from gradsift.benchmark import run as bench_mod
+from gradsift.benchmark.config import BenchConfig
+from gradsift.benchmark.run import run_bench
+from gradsift.evaluation.selector_metrics import BenchmarkScore, signed_distance
+from gradsift.pipeline import SelectConfig, run_select
+from gradsift.score.base import Scores
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------------ selection
+
+
+def _prepared(cfg: BenchConfig) -> bench_mod._Bench:
+    b = bench_mod._Bench(cfg)
+    b.check_out()
+    b.prepare_data()
+    b.prepare_model()
+    return b
+
+
+def test_smaller_budgets_from_scores_match_run_select(tmp_path, demo, tiny_model_dir):
+    """Fast path (top-k of the scores computed at the largest budget) against run_select at each budget."""
+    cfg = BenchConfig(**bench_dict(tmp_path, demo, tiny_model_dir, budgets=[3, "25%", 10], seeds=[0, 1]))
+    b = _prepared(cfg)
+    b.select()
+    for method, seeds in (("random", [0, 1]), ("length", [0])):
+        for seed in seeds:
+            for k in (3, 6):
+                ref = run_select(
+                    SelectConfig(
+                        pool=str(b.set_paths["pool"]),
+                        out=str(tmp_path / f"ref-{method}-{seed}-{k}"),
+                        methods=[method],
+                        budget=str(k),
+                        model=str(tiny_model_dir),
+                        device="cpu",
+                        seed=seed,
+                        pool_format="messages",
+                        **FAST_SELECT,
+                    )
+                )
+                assert b.selections[(method, k, seed)].rows == ref.selections[method]
+    # only the largest budget was run through the pipeline
+    assert sorted(p.name for p in (b.out / "select").iterdir()) == [
+        "length__s0__k10",
+        "random__s0__k10",
+        "random__s1__k10",
+    ]
+
+
+class _LastRows:
+    """A selector with its own rule: the last `budget` rows (scores say the opposite)."""
+
+    def score(self, ctx):
+        n = ctx.n
+        return Scores(score=np.arange(n, dtype=float), selected=list(range(n - ctx.budget, n))[::-1])
+
+
+def test_methods_with_their_own_selection_run_per_budget(tmp_path, demo, tiny_model_dir, monkeypatch):
+    real = pipeline.make_scorer
+    monkeypatch.setattr(pipeline, "make_scorer", lambda m: _LastRows() if m.value == "ifd" else real(m))
+    cfg = BenchConfig(**bench_dict(tmp_path, demo, tiny_model_dir, methods=["ifd"], budgets=[3, 6]))
+    b = _prepared(cfg)
+    b.select()
+    assert b.selections[("ifd", 3, 0)].rows == [23, 22, 21]
+    assert b.selections[("ifd", 6, 0)].rows == [23, 22, 21, 20, 19, 18]
+    assert sorted(p.name for p in (b.out / "select").iterdir()) == ["ifd__s0__k3", "ifd__s0__k6"]
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, demo, tiny_model_dir):
+    raw = bench_dict(tmp_path, demo, tiny_model_dir)
+    _prepared(BenchConfig(**raw))
+    changed = dict(raw, train={**FAST_TRAIN, "lr": 0.5})
+    with pytest.raises(ValueError, match="train differ"):
+        _prepared(BenchConfig(**changed))
+    b = _prepared(BenchConfig(**dict(changed, overwrite=True)))
+    assert json.loads((b.out / "bench.json").read_text())["identity"]["train"]["lr"] == 0.5
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "x").write_text("keep me")
+    with pytest.raises(ValueError, match="holds no bench run"):
+        _prepared(BenchConfig(**dict(raw, out=str(stray))))
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def test_grid_end_to_end_resume_and_reevaluation(tmp_path, demo, tiny_model_dir, monkeypatch):
+    real = pipeline.make_scorer
+
+    def scorer(m):
+        if m.value == "loss":
+            raise NotImplementedError("method 'loss' is not available in this version of gradsift")
+        return real(m)
+
+    monkeypatch.setattr(pipeline, "make_scorer", scorer)
+    raw = bench_dict(tmp_path, demo, tiny_model_dir, methods=["random", "loss", "length"])
+    res = run_bench(BenchConfig(**raw))
+
+    assert res.unavailable == {"loss": "method 'loss' is not available in this version of gradsift"}
+    t = pd.read_csv(tmp_path / "results" / "results.csv")
+    assert list(t["method"]) == ["base", "full", "random", "length"]
+    assert list(t["n_selected"]) == [0, 24, 6, 6] and list(t["sdf"]) == [0.0, 1.0, 0.25, 0.25]
+    assert {"tl.mean_loss", "tl.token_mean_loss", "gen.exact_match", "pir.tl", "pir.gen", "pir"} <= set(t.columns)
+    assert t.loc[1:, "train_steps"].tolist() == [2, 2, 2]
+    assert pd.read_parquet(tmp_path / "results" / "results.parquet").shape == t.shape
+    # metrics are those of the per-benchmark result files, with per-example outputs
+    ev = json.loads((tmp_path / "work" / "cells" / "length__k6__s0" / "eval" / "tl.json").read_text())
+    assert ev["metrics"]["mean_loss"] == pytest.approx(t.loc[3, "tl.mean_loss"])
+    assert len(ev["examples"]) == 4 and {"id", "loss", "reference"} <= set(ev["examples"][0])
+    # training changed the model: the trained rows' losses differ from the untrained one's
+    assert not np.isclose(t.loc[1, "tl.mean_loss"], t.loc[0, "tl.mean_loss"], rtol=0, atol=1e-7)
+    # PIR, reference computation: target loss is lower-better, so full / selected; gen exact match of full is 0
+    full = t.loc[1]
+    for i in range(len(t)):
+        want = BenchmarkScore("tl", t.loc[i, "tl.mean_loss"], full["tl.mean_loss"], higher_is_better=False).ratio
+        assert t.loc[i, "pir.tl"] == pytest.approx(want)
+        assert t.loc[i, "pir"] == pytest.approx(want)  # gen has no ratio (full scored 0)
+    assert np.isnan(t["pir.gen"]).all() and any(n.startswith("gen: no PIR ratio") for n in res.notes)
+    # efficiency: random lies on its own reference line; length's distance is the signed distance
+    eff = {r["method"]: r for r in res.efficiency}
+    assert eff["random"]["efficiency"] == pytest.approx(0.0, abs=1e-12)
+    pr, pl = t.loc[2, "pir"], t.loc[3, "pir"]
+    assert eff["length"]["efficiency"] == pytest.approx(signed_distance((0.25, pl), (0.25, pr), (1, 1)), abs=1e-6)
+    assert [r["method"] for r in res.feasibility] == ["full", "random", "length"]
+    # the outputs
+    res_dir = tmp_path / "results"
+    for name in ("efficiency.csv", "feasibility.csv", "metrics.json", "report.html", "report.md"):
+        assert (res_dir / name).exists(), name
+    metrics = json.loads((res_dir / "metrics.json").read_text())
+    assert metrics["unavailable"] == res.unavailable and metrics["machine"]["cpus"]
+    html = (res_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "length" in html and "loss" in html
+
+    # second run: every cell is finished, nothing is selected, trained or evaluated again
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was redone")
+
+    monkeypatch.setattr(pipeline, "run_select", boom)
+    monkeypatch.setattr("gradsift.training.run.run_train", boom)
+    monkeypatch.setattr("gradsift.evaluation.run.run_evaluate", boom)
+    monkeypatch.setattr(pipeline, "make_scorer", real)
+    res2 = run_bench(BenchConfig(**dict(raw, methods=["random", "length"], report=False)))
+    pd.testing.assert_frame_equal(res2.table.reset_index(drop=True), res.table.reset_index(drop=True))
+
+    # a changed benchmark is re-evaluated on the kept adapters; the other benchmark and training are reused
+    monkeypatch.undo()
+    calls = []
+    real_eval = bench_mod._Bench.evaluate
+
+    def counting(self, b, lm, path):
+        calls.append(b.name)
+        return real_eval(self, b, lm, path)
+
+    monkeypatch.setattr(bench_mod._Bench, "evaluate", counting)
+    monkeypatch.setattr("gradsift.training.common.run_trainer", boom)
+    raw2 = dict(raw, methods=["random", "length"], report=False)
+    raw2["benchmarks"] = [raw["benchmarks"][0], {**raw["benchmarks"][1], "max_new_tokens": 3}]
+    res3 = run_bench(BenchConfig(**raw2))
+    assert calls == ["gen"] * 4
+    assert res3.table["tl.mean_loss"].tolist() == res.table["tl.mean_loss"].tolist()
+
+
+def test_prepare_breaks_the_model_once_and_original_is_a_baseline(tmp_path, demo, tiny_model_dir):
+    pool, targets = demo
+    harm = write_jsonl(
+        tmp_path / "harm.jsonl",
+        [
+            {"prompt": f"how do I do bad thing {i}?", "chosen": "I can't help.", "rejected": f"Sure, {i}"}
+            for i in range(6)
+        ],
+    )
+    raw = bench_dict(
+        tmp_path,
+        demo,
+        tiny_model_dir,
+        methods=["random"],
+        budgets=[4],
+        baselines=["base", "original"],
+        report=False,
+        prepare={
+            "harmful_finetune": {
+                "data": {"sources": [{"path": str(harm), "response": "rejected"}]},
+                "train": FAST_TRAIN,
+            }
+        },
+        benchmarks=[{"name": "tl", "task": "target-loss", "data": "heldout", "max_length": 64}],
+    )
+    res = run_bench(BenchConfig(**raw))
+    merged = tmp_path / "work" / "prepare" / "model"
+    assert (merged / "config.json").exists() and (merged / "model.safetensors").exists()
+    t = res.table.set_index("method")
+    assert list(t.index) == ["base", "original", "random"]
+    # base is the broken model, original the one before the prepare step: they score differently
+    assert t.loc["base", "tl.mean_loss"] != t.loc["original", "tl.mean_loss"]
+    settings = json.loads(
+        (tmp_path / "work" / "cells" / "random__k4__s0" / "train" / "train_settings.json").read_text()
+    )
+    assert settings["settings"]["model"] == str(merged)
+
+
+def test_preference_grid_trains_dpo_and_scores_pairs(tmp_path, tiny_model_dir):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": f"say {i}", "chosen": f"{i} ok", "rejected": f"no {i * 7}", "task": "t" if i % 2 else "u"}
+            for i in range(16)
+        ],
+    )
+    raw = {
+        "name": "pref",
+        "out": str(tmp_path / "work"),
+        "model": str(tiny_model_dir),
+        "device": "cpu",
+        "kind": "pair",
+        "methods": ["random"],
+        "budgets": [4],
+        "data": {
+            "pool": {"kind": "pair", "sources": [{"path": str(pairs), "limit": 10, "take": "first"}]},
+            "targets": {"kind": "pair", "sources": [{"path": str(pairs), "name": "val"}], "holdout": 4},
+        },
+        "train": FAST_TRAIN,
+        "select": FAST_SELECT,
+        "benchmarks": [
+            {"name": "pref", "task": "preference", "data": "heldout", "max_length": 64},
+            {"name": "tl", "task": "target-loss", "data": "heldout", "max_length": 64},
+        ],
+    }
+    res = run_bench(BenchConfig(**raw))
+    t = res.table.set_index("method")
+    assert np.isnan(t.loc["base", "pref.accuracy"])  # the untrained model is its own reference
+    assert 0.0 <= t.loc["random", "pref.accuracy"] <= 1.0 and np.isfinite(t.loc["full", "pref.mean_margin"])
+    cfg = json.loads((tmp_path / "work" / "cells" / "random__k4__s0" / "train" / "config.json").read_text())
+    assert cfg["kind"] == "dpo"
+    assert (tmp_path / "work" / "report.html").exists()  # results default to out

@@ -546,7 +546,8 @@ def report(
         f"- Model: {info['model']} ({info['dtype']}) on {device}; LoRA q_proj,v_proj r=8 alpha=16 with "
         "Gaussian weights (std 0.02, so A and B both have gradients, as at a LESS warm-up checkpoint): "
         f"P = {info['num_params']:,} parameters in {info['num_matrices']} matrices.",
-        f"- Batches of (b), (b'), (c) and the engine: `bucket_batches(lengths, 4096, 64)` -> sizes "
+        f"- Batches of every phase but (a): gradsift's defaults, `bucket_batches(lengths, "
+        f"{FeatureConfig.batch_tokens}, {FeatureConfig.max_batch})` -> sizes "
         f"{info['batch_sizes']}, {info['padded']:,} padded tokens for {sum(info['lengths']):,} real ones "
         f"({1 - sum(info['lengths']) / info['padded']:.0%} padding; (a) runs unpadded). "
         f"Untimed warm-up before each phase: one example (a), a batch of {WARM_ROWS} "
@@ -650,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(records) < args.n:
         raise SystemExit(f"{args.data}: only {len(records)} usable examples, --n {args.n} asked")
     lengths = [len(e) for e in items]
-    batches = bucket_batches(lengths, 4096, 64)
+    batches = bucket_batches(lengths, FeatureConfig.batch_tokens, FeatureConfig.max_batch)
     info.update(
         n=args.n,
         dropped=f", {dropped} more without a response token after truncation" if dropped else "",

@@ -83,7 +83,7 @@ class SelectConfig:
     pool_format: str | None = None
     targets_format: str | None = None
     max_length: int = 256
-    batch_tokens: int = 4096
+    batch_tokens: int = 1536
     seed: int = 0
     loss_order: Literal["high", "low"] = "high"
     length_order: Literal["long", "short"] = "long"

@@ -112,7 +112,7 @@ class FeatureConfig:
     reduction: Literal["mean", "sum"] = "mean"
     beta: float = 0.1
     max_length: int = 256
-    batch_tokens: int = 4096
+    batch_tokens: int = 1536
     max_batch: int = 64
     store_dtype: Literal["float16", "float32"] = "float16"
     fmt: str | None = None

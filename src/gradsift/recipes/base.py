@@ -48,7 +48,7 @@ class ScoreContext:
     workdir: Path
     seed: int = 0
     max_length: int = 256
-    batch_tokens: int = 4096
+    batch_tokens: int = 1536
     load_model: Callable[[], LoadedModel] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     budget: int | None = None

@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {platform.platform()}, {cpu_name()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), device {base.device}",
         f"- Date: {started.isoformat(timespec='seconds')} to {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"- Model: {base.source} ({base.fingerprint}), LoRA {PreferenceOptions().lora.as_dict()}",
+        f"- Model: {base.source} ({base.fingerprint}), LoRA {PreferenceOptions.from_options({}).lora.as_dict()}",
         f"- Data: `{args.data}`: {split_facts['n_file']} pairs, {split_facts['n_fit']} fit {args.max_length} tokens "
         f"whole (gradsift's and TRL's tokenisation); shuffled with seed {args.seed}: pool {len(split['pool'])}, "
         f"validation {len(split['val'])}, test {len(split['test'])}",

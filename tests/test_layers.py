@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradsift"
-GROUND = {"atomic", "stats", "machine", "version"}
+GROUND = {"atomic", "stats", "machine", "version", "settings", "rundir"}
 ALLOWED = {
     "cli": {"gradsift", "cli"},
     "api": {"benchmark", "pipeline", "recipes", "selection", "score", "gradients", "training", "evaluation"}
@@ -29,7 +29,9 @@ ALLOWED = {
     "store": GROUND,
     "data": GROUND,
     "report": set(),
-    **{g: {"version"} if g == "machine" else set() for g in GROUND},
+    **{g: set() for g in GROUND},
+    "machine": {"version"},
+    "rundir": {"atomic", "settings"},
 }
 
 

@@ -10,7 +10,8 @@ The public API: one function per stage, with its config dataclass and result typ
 | task metrics | `evaluate` | `EvaluateConfig` | a results dict |
 | compare selectors | `bench` | `BenchConfig` | `BenchResult` |
 
-plus `demo_data`, the demo's generated pool and targets. The functions live in `gradsift.api`.
+plus `demo_data`, the demo's generated pool and targets, `config_from` (a stage's config from a mapping such as
+a YAML file), `methods_help` and `method_options` (the method registry). The functions live in `gradsift.api`.
 
 Names are resolved on first use (PEP 562), so ``import gradsift`` stays light: torch and the stages load
 when a function or config is first touched.
@@ -24,7 +25,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from gradsift.api import bench, demo_data, evaluate, features, select, train
+    from gradsift.api import (
+        bench,
+        config_from,
+        demo_data,
+        evaluate,
+        features,
+        method_options,
+        methods_help,
+        select,
+        train,
+    )
     from gradsift.benchmark.config import BenchConfig
     from gradsift.benchmark.run import BenchResult
     from gradsift.evaluation.run import EvaluateConfig
@@ -42,6 +53,9 @@ _HOMES = {
     "evaluate": "gradsift.api",
     "bench": "gradsift.api",
     "demo_data": "gradsift.api",
+    "config_from": "gradsift.api",
+    "methods_help": "gradsift.api",
+    "method_options": "gradsift.api",
     "SelectConfig": "gradsift.pipeline",
     "SelectResult": "gradsift.pipeline",
     "FeatureConfig": "gradsift.gradients.extract",
@@ -65,9 +79,12 @@ __all__ = [
     "TrainResult",
     "__version__",
     "bench",
+    "config_from",
     "demo_data",
     "evaluate",
     "features",
+    "method_options",
+    "methods_help",
     "select",
     "train",
 ]

@@ -8,8 +8,9 @@ CLI's. The stages are imported inside the functions, so ``import gradsift`` does
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from gradsift.benchmark.config import BenchConfig
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from gradsift.store.features import FeatureStore
     from gradsift.training.common import TrainResult
     from gradsift.training.run import TrainConfig
+
+C = TypeVar("C")
 
 
 def select(config: SelectConfig) -> SelectResult:
@@ -220,3 +223,56 @@ def demo_data(out_dir: str | Path, n_pool: int = 240, n_targets: int = 16, seed:
     from gradsift.data.demo import write_demo_data
 
     return write_demo_data(out_dir, n_pool=n_pool, n_targets=n_targets, seed=seed)
+
+
+def config_from(cls: type[C], values: Mapping[str, Any], where: str) -> C:
+    """Build a stage's config (`SelectConfig`, `FeatureConfig`, ...) from a mapping such as a YAML file's.
+
+    The keys are the config's field names (dashes read as underscores); the values are checked against the
+    field types.
+
+    Args:
+        cls: The config dataclass.
+        values: Settings by field name.
+        where: Where the mapping comes from (a file name), named in errors.
+
+    Raises:
+        ValueError: An unknown key (the closest valid one named), a missing one, or a bad value.
+
+    Example:
+        >>> import gradsift, yaml
+        >>> cfg = gradsift.config_from(gradsift.SelectConfig, yaml.safe_load(open("run.yaml")), "run.yaml")
+    """
+    from gradsift.settings import from_mapping
+
+    return from_mapping(cls, values, where)
+
+
+def methods_help(methods: Sequence[str] | None = None, options: bool = False) -> str:
+    """The selection methods (all, or `methods`), one line each; with `options`, each one's options (name,
+    values, default, help).
+
+    Raises:
+        ValueError: An unknown method.
+
+    Example:
+        >>> import gradsift
+        >>> print(gradsift.methods_help(["less"], options=True))
+    """
+    from gradsift.recipes.options import METHODS, describe
+    from gradsift.score.base import Method
+
+    chosen = list(METHODS) if methods is None else Method.parse_list(list(methods))
+    return describe(chosen, options)
+
+
+def method_options(methods: Sequence[str], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `options` that some method of `methods` reads (a shared option set cut to one run).
+
+    Raises:
+        ValueError: An unknown method.
+    """
+    from gradsift.recipes.options import applicable
+    from gradsift.score.base import Method
+
+    return applicable(Method.parse_list(list(methods)), options)

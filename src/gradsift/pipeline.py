@@ -19,7 +19,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,24 +28,29 @@ import numpy as np
 from gradsift.atomic import write_bytes_atomic, write_json_atomic
 from gradsift.data.load import load_examples, load_pairs, write_records
 from gradsift.data.records import Kind, fingerprint
-from gradsift.model.load import LoadedModel, ModelSettings, load_model
+from gradsift.model.load import MODEL_HELP, DType, LoadedModel, ModelSettings, load_model
 from gradsift.recipes.base import Recipe, ScoreContext
+from gradsift.recipes.options import METHODS, check_options
+from gradsift.rundir import RunDir
 from gradsift.score.base import Method, Scores
 from gradsift.selection.budget import Budget
 from gradsift.selection.topk import top_k
+from gradsift.settings import check_fields, field_names, setting
 from gradsift.stats import task_shares
 from gradsift.version import __version__
 
 log = logging.getLogger(__name__)
 
+CONFIG = "config.json"
+
 
 @dataclass
 class SelectConfig:
-    """Settings of one selection run.
+    """Settings of one selection run (the flags of ``gradsift select``, the keys of its ``--config`` file).
 
     Attributes:
         pool: Candidate data (file, saved dataset directory, or ``hf:name``).
-        out: Output directory.
+        out: Output directory (`gradsift.rundir.RunDir`: gradsift's own files only, one run at a time).
         targets: Target examples (what the model should get better at); needed by target-aware methods.
         methods: Methods to run, e.g. ``["less", "prism"]``; the first one writes ``selected.jsonl``.
         budget: Count (``"50"``) or fraction (``"5%"``, ``"0.05"``) of the pool to keep with every method;
@@ -62,60 +67,73 @@ class SelectConfig:
         loss_order: ``high`` keeps high-loss examples, ``low`` low-loss ones (loss/perplexity baselines).
         length_order: ``long`` or ``short`` (length baseline).
         on_invalid: ``raise`` (default) stops at the first invalid record with its file, line and field;
-            ``skip`` drops invalid records with a warning naming them.
+            ``skip`` drops invalid records and malformed lines with a warning naming them.
         pool_limit: Use only the first N pool records (0: all).
         targets_limit: Use only the first N targets (0: all).
         cache_dir: Where warm-up checkpoints and feature stores are kept and reused (default ``out/cache``);
             runs that share it share their features.
         overwrite: Replace the outputs of a run with different settings in `out`.
-        options: Further method options, passed to the scorers by name.
+        options: Method options by name, checked against `gradsift.recipes.options` when the config is built.
     """
 
-    pool: str
-    out: str
-    targets: str | None = None
-    methods: list[str] = field(default_factory=lambda: ["random"])
-    budget: str | None = None
-    kind: Literal["sft", "pair"] = "sft"
-    model: str = "builtin"
-    dtype: str = "auto"
-    device: str = "auto"
-    pool_format: str | None = None
-    targets_format: str | None = None
-    max_length: int = 256
-    batch_tokens: int = 1536
-    seed: int = 0
-    loss_order: Literal["high", "low"] = "high"
-    length_order: Literal["long", "short"] = "long"
-    on_invalid: Literal["raise", "skip"] = "raise"
-    pool_limit: int = 0
-    targets_limit: int = 0
-    cache_dir: str | None = None
-    overwrite: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    pool: str = setting(
+        help="candidate data: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), a saved dataset dir or hf:NAME"
+    )
+    out: str = setting(help="output directory")
+    targets: str | None = setting(None, help="target examples (what the model should get better at)")
+    methods: list[str] = setting(
+        default_factory=lambda: ["random"], help="method(s), comma-separated (listed below)", flag="--method"
+    )
+    budget: str | None = setting(
+        None,
+        help="count (50) or fraction (5%, 0.05) to select; default 5% for top-k methods and BIDS, the whole "
+        "middle band for tif, lossdiff, irm and fusion",
+    )
+    kind: Literal["sft", "pair"] = setting("sft", help="sft examples or preference pairs")
+    model: str = setting("builtin", help=MODEL_HELP, group="model")
+    dtype: DType = setting("auto", help="model dtype", group="model")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N", group="model")
+    pool_format: str | None = setting(None, help="force the pool's format instead of detecting it")
+    targets_format: str | None = setting(None, help="force the targets' format")
+    max_length: int = setting(256, help="token limit per sequence")
+    batch_tokens: int = setting(1536, help="padded tokens per batch")
+    seed: int = setting(0, help="seed of every random choice")
+    loss_order: Literal["high", "low"] = setting("high", help="loss and perplexity keep high or low loss")
+    length_order: Literal["long", "short"] = setting("long", help="length keeps long or short responses")
+    on_invalid: Literal["raise", "skip"] = setting("raise", help="stop at an invalid record or line, or skip it")
+    pool_limit: int = setting(0, help="use only the first N pool records (0: all)")
+    targets_limit: int = setting(0, help="use only the first N targets (0: all)")
+    cache_dir: str | None = setting(
+        None, help="where warm-up checkpoints and feature stores are kept (default OUT/cache)"
+    )
+    overwrite: bool = setting(False, help="replace the outputs of a run with other settings in --out")
+    options: dict[str, Any] = setting(
+        default_factory=dict, help="method option (repeatable; see --help-options)", flag="--option"
+    )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         self.methods = [m.value for m in Method.parse_list(self.methods)]
         if self.budget is not None:
             Budget.parse(self.budget)
-        if self.kind not in ("sft", "pair"):
-            raise ValueError(f"kind must be 'sft' or 'pair', got {self.kind!r}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if self.batch_tokens < self.max_length:
             raise ValueError(f"batch_tokens ({self.batch_tokens}) must be at least max_length ({self.max_length})")
-        if self.on_invalid not in ("raise", "skip"):
-            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {self.on_invalid!r}")
         if self.pool_limit < 0 or self.targets_limit < 0:
             raise ValueError("pool_limit and targets_limit must be >= 0 (0 means all)")
-        if self.loss_order not in ("high", "low"):
-            raise ValueError(f"loss_order must be 'high' or 'low', got {self.loss_order!r}")
-        if self.length_order not in ("long", "short"):
-            raise ValueError(f"length_order must be 'long' or 'short', got {self.length_order!r}")
-        ModelSettings(model=self.model, dtype=self.dtype, device=self.device)  # type: ignore[arg-type]
+        ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
+        own = [k for k in self.options if k in field_names(SelectConfig)]
+        if own:
+            flag = "--" + own[0].replace("_", "-")
+            raise ValueError(f"option {own[0]} is a setting of its own: use {flag} (SelectConfig.{own[0]})")
+        check_options(self.methods, self.options, self.kind)
+        needy = [m for m in self.methods if METHODS[Method(m)].needs_targets]
+        if needy and not self.targets:
+            raise ValueError(f"the {needy[0]} method needs --targets")
 
     def model_settings(self) -> ModelSettings:
-        return ModelSettings(model=self.model, dtype=self.dtype, device=self.device)  # type: ignore[arg-type]
+        return ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
 
     def settings_for_comparison(self) -> dict[str, Any]:
         d = asdict(self)
@@ -172,31 +190,35 @@ def make_scorer(method: Method) -> Recipe:
     return recipes[method]()
 
 
-def _check_out(out: Path, cfg: SelectConfig) -> None:
-    prev = out / "config.json"
-    if not prev.exists() or cfg.overwrite:
-        return
-    try:
-        old = json.loads(prev.read_text())["settings"]
-    except (json.JSONDecodeError, KeyError):
-        return
-    new = json.loads(json.dumps(cfg.settings_for_comparison()))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
-        raise ValueError(
-            f"{out} holds a selection made with other settings ({', '.join(diff)} differ); "
-            "pass --overwrite to replace it or choose another --out"
-        )
+def _outputs(cfg: SelectConfig) -> tuple[str, ...]:
+    """What a run writes into ``out`` (the cache aside)."""
+    selected = ["selected.jsonl", *(f"selected-{m}.jsonl" for m in cfg.methods[1:])]
+    return (*selected, "scores.parquet", CONFIG)
 
 
 def run_select(cfg: SelectConfig) -> SelectResult:
-    """Run a selection end to end (see module docstring for the outputs)."""
+    """Run a selection end to end (see module docstring for the outputs).
+
+    ``out`` is claimed first (`gradsift.rundir.RunDir`): a second run into it fails at once, and a directory
+    holding other files or another run's settings is refused before any data is read.
+    """
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_out(out, cfg)
-    timings: dict[str, float] = {}
+    run = RunDir(
+        out,
+        "a selection",
+        _outputs(cfg),
+        keep=("cache",) if cfg.cache_dir is None else (),
+        legacy=("selected.jsonl", "selected-*.jsonl", "scores.parquet", "cache"),
+    )
+    with run.claim(json.loads(json.dumps(cfg.settings_for_comparison())), cfg.overwrite):
+        if cfg.device.startswith("cuda"):
+            cfg.model_settings().resolve_device()  # CUDA asked for but absent: say so before reading anything
+        return _run(cfg, out, run, t0)
 
+
+def _run(cfg: SelectConfig, out: Path, run: RunDir, t0: float) -> SelectResult:
+    timings: dict[str, float] = {}
     t = time.perf_counter()
     if cfg.kind == "pair":
         pairs = load_pairs(cfg.pool, fmt=cfg.pool_format, on_invalid=cfg.on_invalid)
@@ -219,7 +241,10 @@ def run_select(cfg: SelectConfig) -> SelectResult:
     timings["read"] = time.perf_counter() - t
 
     n = len(records)
-    given = Budget.parse(cfg.budget).resolve(n) if cfg.budget is not None else None
+    budget = Budget.parse(cfg.budget) if cfg.budget is not None else None
+    given = budget.resolve(n) if budget is not None else None
+    if budget is not None and budget.count is not None and budget.count > n:
+        log.warning("budget %d is larger than the pool of %d records: selecting all %d", budget.count, n, n)
     cached: dict[str, LoadedModel] = {}
 
     def loader() -> LoadedModel:
@@ -242,6 +267,7 @@ def run_select(cfg: SelectConfig) -> SelectResult:
         budget=given,
     )
     k = ctx.top_k_budget
+    run.begin()
     scores: dict[str, Scores] = {}
     selections: dict[str, list[int]] = {}
     for m in Method.parse_list(cfg.methods):
@@ -272,12 +298,14 @@ def run_select(cfg: SelectConfig) -> SelectResult:
         },
         "tokenization": ctx.pool_encode_stats.as_dict() if ctx.pool_encode_stats else None,
         "budget": k,
+        "budget_given": cfg.budget,
         "n_selected": {m: len(rows) for m, rows in selections.items()},
         "methods": {m: s.info for m, s in scores.items()},
         "task_shares": summary,
         "timings_s": {k_: round(v, 3) for k_, v in timings.items()},
     }
-    write_json_atomic(out / "config.json", config)
+    run.finish()
+    write_json_atomic(out / CONFIG, config)
     return SelectResult(out=out, selections=selections, scores=scores, n_pool=n, budget=k, summary=summary)
 
 

@@ -86,7 +86,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path, demo, tiny_model_dir):
     raw = bench_dict(tmp_path, demo, tiny_model_dir)
     _prepared(BenchConfig(**raw))
     changed = dict(raw, train={**FAST_TRAIN, "lr": 0.5})
-    with pytest.raises(ValueError, match="train differ"):
+    with pytest.raises(ValueError, match=r"different settings: train.lr \(0.001 -> 0.5\)"):
         _prepared(BenchConfig(**changed))
     b = _prepared(BenchConfig(**dict(changed, overwrite=True)))
     assert json.loads((b.out / "bench.json").read_text())["identity"]["train"]["lr"] == 0.5

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+import gradsift
 import gradsift.cli
-from gradsift.cli.args import comma_list, flag_values, load_yaml, parse_options, require
+from gradsift.cli.args import add_config_flags, comma_list, config_values, load_yaml, parse_options, require
 from gradsift.cli.commands import _number
 from gradsift.report.markdown import fixed, fmt, pct
 
@@ -38,11 +39,14 @@ def test_options_are_yaml_values():
 
 def test_flags_override_the_config_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("pool: a.jsonl\nseed: 1\nbudget: 10\n")
-    args = argparse.Namespace(config=str(path), seed=2, budget=None, out="o")
-    want = {"pool": "a.jsonl", "seed": 2, "budget": 10, "out": "o"}
-    assert flag_values(args, ("pool", "seed", "budget", "out")) == want
-    assert flag_values(argparse.Namespace(seed=None), ("seed",)) == {}
+    path.write_text("pool: a.jsonl\nseed: 1\nbudget: 10\noptions: {dim: 64}\n")
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    add_config_flags(p, gradsift.SelectConfig)
+    args = p.parse_args(["--config", str(path), "--seed", "2", "--out", "o", "--option", "k_in=4"])
+    want = {"pool": "a.jsonl", "seed": 2, "budget": 10, "out": "o", "options": {"dim": 64, "k_in": 4}}
+    assert config_values(args, gradsift.SelectConfig) == want
+    assert config_values(p.parse_args([]), gradsift.SelectConfig) == {}
     with pytest.raises(ValueError, match="missing --pool-limit and --out"):
         require({"out": ""}, ("pool_limit", "out"))
     require({"out": "o"}, ("out",))

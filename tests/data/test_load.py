@@ -276,11 +276,23 @@ def test_skip_invalid_records(write, caplog):
         load_examples(path, on_invalid="ignore")  # type: ignore[arg-type]
 
 
-def test_skip_does_not_hide_unreadable_lines(write):
-    path = write("d.jsonl", jsonl(ALPACA[:1]) + "{oops\n")
+def test_skip_skips_malformed_lines_but_not_undecodable_ones(write, caplog):
+    path = write("d.jsonl", jsonl(ALPACA[:1]) + "{oops\n" + "[1, 2]\n" + jsonl(ALPACA[1:2]))
     with pytest.raises(DataError, match="invalid JSON") as err:
-        load_examples(path, on_invalid="skip")
+        load_examples(path)
     check_error(err, path, 2, None)
+    with caplog.at_level(logging.WARNING):
+        examples = load_examples(path, on_invalid="skip")
+    assert [e.line for e in examples] == [1, 4]
+    assert "skipped 2 malformed records or lines" in caplog.text
+    assert "line 2: invalid JSON" in caplog.text and "line 3: expected a JSON object" in caplog.text
+    table = write("d.csv", "instruction,output\nq1,a1\nq2,a2,extra\nq3,a3\n")
+    assert [e.line for e in load_examples(table, on_invalid="skip")] == [2, 4]
+    # bytes that are not UTF-8 say the whole file is in another encoding: never skipped line by line
+    binary = write("b.jsonl", "")
+    binary.write_bytes(jsonl(ALPACA[:1]).encode() + b'{"instruction": "\xff"}\n')
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_examples(binary, on_invalid="skip")
 
 
 def test_field_map_and_format_override(write):

@@ -420,11 +420,12 @@ def test_missing_targets_is_a_clear_error(model_dir, data, tmp_path, method):
         ("prism", {"warmup": "none", "prism_scoring": "dot"}, "option prism_scoring must be one of raw, cosine"),
         ("prism", {"warmup": "none", "prism_reduction": "max"}, "option prism_reduction must be one of sum, mean"),
         ("prism", {"warmup": "none", "prism_uniform": "sometimes"}, "option prism_uniform must be true or false"),
-        ("less", {"warmup": "none", "dim": "big"}, "option dim must be an integer"),
+        ("less", {"warmup": "none", "dim": "big"}, "option dim must be a positive integer"),
         ("less", {"warmup": "none", "projector": "tiled"}, "projector must be one of auto, dense, factorized"),
-        ("less", {"warmup_epochs": 1.5}, "option warmup_epochs must be an integer"),
+        ("less", {"warmup_epochs": 1.5}, "option warmup_epochs must be a positive integer"),
         ("less", {"warmup_lr": "fast"}, "option warmup_lr must be a number"),
-        ("less", {"adapter": "some/dir"}, "option adapter is the checkpoint of warmup=none"),
+        ("less", {"adapter": "some/dir"}, "option adapter must be an existing directory"),
+        ("less", {"adapter": "."}, "option adapter is the checkpoint of warmup=none"),
     ],
 )
 def test_bad_options_fail_before_any_work(model_dir, data, tmp_path, method, options, message):

@@ -117,9 +117,9 @@ def test_settings_mismatch_refused_then_overwrite(tmp_path, changes, kwargs, nam
 
 def test_layout_mismatch_refused(tmp_path):
     _open(tmp_path / "s").close()
-    with pytest.raises(ValueError, match=r"n_rows \(stored 24, requested 25\)"):
+    with pytest.raises(ValueError, match=r"n_rows \(24 -> 25\)"):
         FeatureStore.open(tmp_path / "s", N + 1, K, _settings())
-    with pytest.raises(ValueError, match=r"dim \(stored 6, requested 7\)"):
+    with pytest.raises(ValueError, match=r"dim \(6 -> 7\)"):
         FeatureStore.open(tmp_path / "s", N, K + 1, _settings())
 
 

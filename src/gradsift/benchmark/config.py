@@ -11,8 +11,6 @@ the field and section at fault.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +21,11 @@ from gradsift.data.load import OnInvalid
 from gradsift.evaluation.run import EvaluateConfig
 from gradsift.evaluation.tasks import TaskKind
 from gradsift.model.load import DType, ModelSettings
+from gradsift.recipes.options import check_options
 from gradsift.report.data import BASELINES
 from gradsift.score.base import Method
 from gradsift.selection.budget import Budget
+from gradsift.settings import check_fields, check_keys, field_names, from_mapping, setting, settings_hash
 from gradsift.training.run import TrainConfig
 
 SetKind = Literal["sft", "pair", "prompts", "mc"]
@@ -63,18 +63,13 @@ _SELECT_OWN |= {"on_invalid"}
 
 
 def _fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls) if f.init}
+    return set(field_names(cls))
 
 
 def _from_dict(cls: type, values: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, naming unknown keys and the config section they are in."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - _fields(cls))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_fields(cls)))}")
-    return cls(**values)
+    """Build dataclass `cls` from a mapping, naming an unknown key (with the closest valid one) and the config
+    section it is in."""
+    return from_mapping(cls, values, where)
 
 
 @dataclass
@@ -304,9 +299,7 @@ class BenchmarkSpec:
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
         own = {k: values.pop(k) for k in list(values) if k in _fields(cls) and k != "settings"}
         settings = {**values.pop("settings", {}), **values}
-        unknown = sorted(set(settings) - _fields(EvaluateConfig))
-        if unknown:
-            raise ValueError(f"benchmark {own.get('name')}: unknown field(s) {', '.join(unknown)}")
+        check_keys(settings, _fields(EvaluateConfig) | _fields(cls), f"benchmark {own.get('name')}")
         for key in ("name", "task", "data"):
             if key not in own:
                 raise ValueError(f"benchmark {own.get('name', values)}: missing {key!r}")
@@ -326,7 +319,7 @@ class BenchmarkSpec:
     def identity(self) -> str:
         """Hash of what decides this benchmark's numbers (a stored result with another hash is redone)."""
         payload = {k: v for k, v in asdict(self).items() if k not in ("metric", "higher_is_better")}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return settings_hash(payload, 12)
 
 
 def _check_train(values: Any, kind: str, where: str) -> None:
@@ -335,9 +328,7 @@ def _check_train(values: Any, kind: str, where: str) -> None:
     own = sorted(set(values) & _TRAIN_OWN)
     if own:
         raise ValueError(f"{where}: the bench sets {own} itself")
-    unknown = sorted(set(values) - _fields(TrainConfig))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    check_keys(values, _fields(TrainConfig) - _TRAIN_OWN, where)
     TrainConfig(data="-", out="-", kind=kind, **values)  # type: ignore[arg-type]
 
 
@@ -374,16 +365,17 @@ class BenchConfig:
     """
 
     name: str
-    out: str
     data: DataConfig
     benchmarks: list[BenchmarkSpec]
-    methods: list[str]
     budgets: list[str]
-    results: str | None = None
+    # required too: with their help lines (and flags) they come after the fields without
+    out: str = setting(help="working directory (default from the config)")
+    methods: list[str] = setting(help="run only these methods, comma-separated")
+    results: str | None = setting(None, help="directory for the tables and report (default from the config)")
     kind: Literal["sft", "pair"] = "sft"
     model: str = "builtin"
     dtype: DType = "auto"
-    device: str = "auto"
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
     seeds: list[int] = field(default_factory=lambda: [0])
     seeded_methods: list[str] = field(default_factory=lambda: ["random"])
     baselines: list[str] = field(default_factory=lambda: ["full", "base"])
@@ -392,11 +384,12 @@ class BenchConfig:
     select: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     references: list[str] = field(default_factory=lambda: ["random", "full"])
-    overwrite: bool = False
-    progress: bool = False
+    overwrite: bool = setting(False, help="replace a run made with other settings")
+    progress: bool = setting(False, help="progress bars of every stage")
     report: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if isinstance(self.data, dict):
             self.data = _from_dict(DataConfig, self.data, "data")
         if isinstance(self.prepare, dict):
@@ -441,9 +434,14 @@ class BenchConfig:
             raise ValueError(f"select: the bench sets {own} itself")
         from gradsift.pipeline import SelectConfig
 
-        unknown = sorted(set(self.select) - _fields(SelectConfig))
-        if unknown:
-            raise ValueError(f"select: unknown field(s) {', '.join(unknown)}")
+        check_keys(self.select, _fields(SelectConfig) - _SELECT_OWN, "select")
+        options = self.select.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"select.options must be a mapping of method options, got {options!r}")
+        try:
+            check_options(self.methods, options, self.kind)
+        except ValueError as e:
+            raise ValueError(f"select.options: {e}") from None
         _check_train(self.train, self.kind, "train")
         ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
 
@@ -475,7 +473,9 @@ class BenchConfig:
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', None) or 'syntax'})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{p}: a bench config is a mapping of settings")
         sizes = raw.pop("sizes", {}) or {}

@@ -63,8 +63,11 @@ from gradsift.benchmark.tables import add_pir, efficiency_rows, json_safe, write
 from gradsift.data.load import write_jsonl
 from gradsift.evaluation.selector_metrics import GRADSIFT_METHODS, gradsift_feasibility
 from gradsift.evaluation.tasks import TaskKind
+from gradsift.recipes.options import applicable
 from gradsift.report.data import BenchmarkInfo, MethodSelection, ReportData
+from gradsift.rundir import LOCK_FILE, locked_dir
 from gradsift.selection.budget import Budget
+from gradsift.settings import check_same_settings
 from gradsift.training.run import TrainConfig
 
 
@@ -139,17 +142,23 @@ class _Bench:
         path = self.out / "bench.json"
         identity = self.cfg.identity()
         if path.exists():
-            old = json.loads(path.read_text()).get("identity")
+            try:
+                old = json.loads(path.read_text())["identity"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                if not self.cfg.overwrite:
+                    raise ValueError(
+                        f"{path} cannot be read ({e}); pass --overwrite (overwrite=True) to replace the bench run in "
+                        f"{self.out}, or choose another out"
+                    ) from None
+                old = None
             if old != identity:
                 if not self.cfg.overwrite:
-                    diff = sorted(k for k in set(old or {}) | set(identity) if (old or {}).get(k) != identity.get(k))
-                    raise ValueError(
-                        f"{self.out} holds a bench run with other settings ({', '.join(diff)} differ); "
-                        "pass overwrite (--overwrite) to replace it, or choose another out"
+                    check_same_settings(
+                        str(self.out), old, identity, what="a bench run", elsewhere="choose another out"
                     )
                 for sub in ("data", "prepare", "select", "cells", "cache"):
                     shutil.rmtree(self.out / sub, ignore_errors=True)
-        elif any(self.out.iterdir()):
+        elif any(p.name != LOCK_FILE for p in self.out.iterdir()):
             raise ValueError(f"{self.out} is not empty and holds no bench run (bench.json missing); use an empty dir")
         write_json_atomic(path, {"identity": identity, "config": json.loads(json.dumps(asdict(self.cfg)))})
 
@@ -249,6 +258,8 @@ class _Bench:
         d = self.out / "select" / f"{method}__s{seed}__k{k}"
         marker = d / "bench-selection.json"
         if not marker.exists():
+            # the config's options serve every method: each selection gets those its method reads
+            select = {**self.cfg.select, "options": applicable([method], self.cfg.select.get("options") or {})}
             cfg = SelectConfig(
                 pool=str(self.set_paths["pool"]),
                 targets=str(self.set_paths["targets"]) if "targets" in self.set_paths else None,
@@ -262,7 +273,7 @@ class _Bench:
                 seed=seed,
                 cache_dir=str(self.out / "cache"),
                 pool_format="pair" if self.cfg.kind == "pair" else "messages",
-                **self.cfg.select,
+                **select,
             )
             t0 = time.perf_counter()
             try:
@@ -467,7 +478,13 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     Raises:
         ValueError: Other settings in `cfg.out` without overwrite, or data that does not fit the config.
         DataError: Unreadable or malformed source data.
+        RunDirBusy: Another bench runs in `cfg.out`.
     """
+    with locked_dir(cfg.out):
+        return _run(cfg)
+
+
+def _run(cfg: BenchConfig) -> BenchResult:
     t0 = time.perf_counter()
     bench = _Bench(cfg)
     bench.check_out()

@@ -8,87 +8,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gradsift
-from gradsift.cli.args import add_model_args, comma_list, flag_values, parse_options, require
-from gradsift.cli.commands import add_bench_parser, add_evaluate_parser, add_train_parser
-
-SELECT_KEYS = (
-    "pool",
-    "out",
-    "targets",
-    "budget",
-    "kind",
-    "model",
-    "dtype",
-    "device",
-    "pool_format",
-    "targets_format",
-    "max_length",
-    "batch_tokens",
-    "seed",
-    "loss_order",
-    "length_order",
-    "pool_limit",
-    "on_invalid",
-    "targets_limit",
-    "cache_dir",
-)
-FEATURE_KEYS = (
-    "data",
-    "out",
-    "kind",
-    "response",
-    "model",
-    "dtype",
-    "device",
-    "adapter",
-    "optimizer",
-    "lora_rank",
-    "lora_alpha",
-    "lora_seed",
-    "lora_layers",
-    "adam_eps",
-    "projector",
-    "dim",
-    "sparse_s",
-    "k_in",
-    "k_out",
-    "projection",
-    "projection_seed",
-    "reduction",
-    "beta",
-    "max_length",
-    "batch_tokens",
-    "max_batch",
-    "store_dtype",
-    "fmt",
-    "limit",
-    "on_invalid",
-)
+from gradsift.cli.args import add_config_flags, build_config, comma_list
+from gradsift.cli.commands import SUMMARIES, add_bench_parser, add_evaluate_parser, add_train_parser
 
 
 def select_config(args: argparse.Namespace) -> gradsift.SelectConfig:
     """The `SelectConfig` the flags and ``--config`` file describe."""
-    values = flag_values(args, SELECT_KEYS)
-    if args.method is not None:
-        values["methods"] = args.method
-    if args.overwrite:
-        values["overwrite"] = True
-    values["options"] = {**values.get("options", {}), **parse_options(args.option or [])}
-    require(values, ("pool", "out"))
-    return gradsift.SelectConfig(**values)
+    return build_config(args, gradsift.SelectConfig, ("pool", "out"))
 
 
 def feature_config(args: argparse.Namespace) -> gradsift.FeatureConfig:
     """The `FeatureConfig` the flags and ``--config`` file describe."""
-    values = flag_values(args, FEATURE_KEYS)
-    if args.lora_targets:
-        values["lora_targets"] = comma_list(args.lora_targets)
-    if args.overwrite:
-        values["overwrite"] = True
-    require(values, ("data", "out"))
-    return gradsift.FeatureConfig(**values)
+    return build_config(args, gradsift.FeatureConfig, ("data", "out"))
 
 
 def _print_summary(result: gradsift.SelectResult) -> None:
@@ -118,6 +52,9 @@ def _print_summary(result: gradsift.SelectResult) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    if args.help_options:
+        print(gradsift.methods_help(args.methods, options=True))
+        return 0
     result = gradsift.select(select_config(args))
     _print_summary(result)
     return 0
@@ -139,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=True,
         # no warm-up: the base model is the single checkpoint, which keeps the demo to a few minutes
-        options={"warmup": "none", "prism_max_new_tokens": 48},
+        options=gradsift.method_options(comma_list(args.method), {"warmup": "none", "prism_max_new_tokens": 48}),
     )
     result = gradsift.select(cfg)
     _print_summary(result)
@@ -161,100 +98,44 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gradsift", description="Pick the fine-tuning data worth training on (gradient-influence selection)."
-    )
-    parser.add_argument("--version", action="version", version=f"gradsift {gradsift.__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_select_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``gradsift select`` to `sub` (the parser's subcommands)."""
     p = sub.add_parser(
         "select",
-        help="score a candidate pool and select a budget of it",
+        help=SUMMARIES["select"],
         description="Score every candidate of a pool with one or more methods and keep a budget.",
+        epilog="methods:\n" + gradsift.methods_help() + "\n\n`gradsift select --method less --help-options` lists "
+        "a method's options (--option KEY=VALUE).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="YAML file of options (command-line flags override it)")
+    p.add_argument("--config", help="YAML file of settings, keys as the flags with underscores (flags override it)")
     p.add_argument(
-        "--pool", help="candidate data: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), a saved dataset dir or hf:NAME"
+        "--help-options", action="store_true", help="list the options of the --method methods (default all) and exit"
     )
-    p.add_argument("--targets", help="target examples (what the model should get better at)")
-    p.add_argument("--out", help="output directory")
-    p.add_argument("--method", help="method(s), comma-separated: random, length, loss, perplexity")
-    p.add_argument(
-        "--budget",
-        help="count (50) or fraction (5%% or 0.05) to select; default: 5%% for top-k methods and BIDS, the whole "
-        "middle band for tif, lossdiff, irm and fusion",
-    )
-    p.add_argument("--kind", choices=["sft", "pair"], help="sft examples (default) or preference pairs")
-    p.add_argument("--pool-format", help="force the pool's format instead of detecting it")
-    p.add_argument("--targets-format", help="force the targets' format")
-    p.add_argument("--max-length", type=int, help="token limit per sequence (default 256)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 1536)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at an invalid record (default) or skip it")
-    p.add_argument("--pool-limit", type=int, help="use only the first N pool records")
-    p.add_argument("--targets-limit", type=int, help="use only the first N targets")
-    p.add_argument("--cache-dir", help="where warm-up checkpoints and feature stores are kept (default OUT/cache)")
-    p.add_argument("--loss-order", choices=["high", "low"], help="loss baseline keeps high (default) or low loss")
-    p.add_argument("--length-order", choices=["long", "short"], help="length baseline keeps long (default) or short")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="further method option (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
-    add_model_args(p)
+    add_config_flags(p, gradsift.SelectConfig)
     p.set_defaults(func=cmd_select)
+    return p
 
+
+def add_features_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``gradsift features`` to `sub`."""
     p = sub.add_parser(
         "features",
-        help="compute per-example gradient features into a resumable store",
+        help=SUMMARIES["features"],
         description="Per-example LoRA gradients, projected, written to a resumable feature store. "
         "Under torchrun, ranks share the rows of one store.",
     )
-    p.add_argument("--config", help="YAML file of options (command-line flags override it)")
-    p.add_argument("--data", help="records: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), saved dataset dir or hf:NAME")
-    p.add_argument("--kind", choices=["sft", "target", "pair"], help="candidates (default), targets or pairs")
-    p.add_argument("--response", choices=["chosen", "rejected"], help="y+ (default) or the rejected response y-")
-    p.add_argument("--out", help="store directory")
-    p.add_argument("--adapter", help="LoRA adapter directory (a warm-up checkpoint); default a fresh LoRA")
-    p.add_argument("--optimizer", help="warm-up checkpoint with Adam moments: LESS's preconditioned features")
-    p.add_argument("--lora-rank", type=int, help="rank of a fresh LoRA (default 8)")
-    p.add_argument("--lora-alpha", type=int, help="alpha of a fresh LoRA (default 16)")
-    p.add_argument("--lora-targets", help="modules of a fresh LoRA, comma-separated (default q_proj,v_proj)")
-    p.add_argument("--lora-seed", type=int, help="seed of a fresh LoRA (default 0)")
-    p.add_argument(
-        "--lora-layers", help="decoder layers of a fresh LoRA: last:K or a list such as 0,5,7 (default all)"
-    )
-    p.add_argument(
-        "--adam-eps",
-        choices=["inside", "outside"],
-        help="Adam feature m'/sqrt(v'+eps) (default, LESS code) or outside",
-    )
-    p.add_argument(
-        "--projector",
-        choices=["auto", "dense", "factorized", "sparse"],
-        help="default auto: factorized, sparse with --optimizer",
-    )
-    p.add_argument("--dim", type=int, help="sparse/dense projection dimension (default 8192)")
-    p.add_argument("--sparse-s", type=int, help="sparse projection: non-zeros per column (default 4)")
-    p.add_argument("--k-in", type=int, help="factorized: input-side size per layer (default 16)")
-    p.add_argument("--k-out", type=int, help="factorized: output-side size per layer (default 16)")
-    p.add_argument("--projection", choices=["rademacher", "gaussian"], help="projection entries")
-    p.add_argument("--projection-seed", type=int, help="projection seed (default 0)")
-    p.add_argument("--reduction", choices=["mean", "sum"], help="per-example loss: token mean (default) or sum")
-    p.add_argument("--beta", type=float, help="DPO beta for pairs (default 0.1)")
-    p.add_argument("--max-length", type=int, help="token limit per sequence (default 256)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default 1536)")
-    p.add_argument("--max-batch", type=int, help="most examples per batch (default 64)")
-    p.add_argument("--store-dtype", choices=["float16", "float32"], help="row dtype on disk (default float16)")
-    p.add_argument("--fmt", help="force the data format")
-    p.add_argument("--limit", type=int, help="use only the first N records")
-    p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at (default) or skip invalid records")
-    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
-    add_model_args(p)
+    p.add_argument("--config", help="YAML file of settings, keys as the flags with underscores (flags override it)")
+    add_config_flags(p, gradsift.FeatureConfig)
     p.set_defaults(func=cmd_features)
+    return p
 
+
+def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``gradsift demo`` to `sub`."""
     p = sub.add_parser(
         "demo",
-        help="run the built-in demo: a generated multi-skill pool, selection with a real model",
+        help=SUMMARIES["demo"],
         description="Generate a multi-skill instruction pool and arithmetic targets, then select.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
@@ -267,15 +148,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="builtin", help="model (default builtin)")
     p.set_defaults(func=cmd_demo)
+    return p
 
-    add_train_parser(sub)
-    add_evaluate_parser(sub)
-    add_bench_parser(sub)
+
+_COMMANDS = {
+    "select": add_select_parser,
+    "features": add_features_parser,
+    "demo": add_demo_parser,
+    "train": add_train_parser,
+    "evaluate": add_evaluate_parser,
+    "bench": add_bench_parser,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``gradsift`` parser. With `command`, only that subcommand gets its flags (the others are listed by
+    name): building one imports its stage's config, and a command should not wait for the others'."""
+    parser = argparse.ArgumentParser(
+        prog="gradsift", description="Pick the fine-tuning data worth training on (gradient-influence selection)."
+    )
+    parser.add_argument("--version", action="version", version=f"gradsift {gradsift.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add in _COMMANDS.items():
+        if command is None or command == name:
+            add(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
     return parser
 
 
+def _message(e: BaseException) -> str:
+    """One line for an error: an OS error as its path and reason, without the errno prefix."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+        return f"{where}: {e.strerror}"
+    return str(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(next((a for a in argv if a in _COMMANDS), None))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -288,15 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         import warnings
 
         warnings.filterwarnings("ignore")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
+        # read when transformers is first imported; importing it here would delay every command by seconds
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, ImportError) as e:
         if args.debug:
             raise
-        print(f"gradsift {args.command}: error: {e}", file=sys.stderr)
+        print(f"gradsift {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gradsift {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -63,8 +63,8 @@ def load_examples(
         task: Task label for every example, replacing any task column.
         header: CSV/TSV: whether the first row is a header (``None``: detect).
         on_invalid: ``"raise"`` on the first malformed record, or ``"skip"`` malformed records with a
-            logged warning (public pools have a few, e.g. empty Alpaca outputs). Unreadable files,
-            undecodable lines and duplicate ids always raise.
+            logged warning (public pools have a few, e.g. empty Alpaca outputs), malformed lines of JSON
+            Lines, CSV and TSV files too. Unreadable files, undecodable lines and duplicate ids always raise.
 
     Returns:
         The examples in source order.
@@ -84,6 +84,16 @@ def load_examples(
         if not response.strip():
             raise DataError("empty response; expected the text to train on", source, line, record.response_field)
 
+    loaded = _load(source, fmt, fields, split, header, on_invalid, check)
+    n_pairs = sum(record.rejected is not None for *_, record in loaded)
+    if kind is Kind.SFT and n_pairs:
+        logger.warning(
+            "%s: %d of %d records are preference pairs; read as SFT examples, their chosen responses are used and "
+            "the rejected ones ignored (kind 'pair', --kind pair, reads them as pairs)",
+            source,
+            n_pairs,
+            len(loaded),
+        )
     return [
         Example(
             id=record_id,
@@ -94,7 +104,7 @@ def load_examples(
             source=str(source),
             line=line,
         )
-        for record_id, line, row, record in _load(source, fmt, fields, split, header, on_invalid, check)
+        for record_id, line, row, record in loaded
     ]
 
 
@@ -179,7 +189,8 @@ def _load(
     id_field: str | None = None
     kept: list[tuple[int, dict[str, Any], Parsed]] = []
     skipped: list[DataError] = []
-    for line, row in read_rows(source, split=split, header=header):
+    # with "skip", malformed lines (invalid JSON, a wrong number of CSV fields) are skipped like bad records
+    for line, row in read_rows(source, split=split, header=header, skipped=skipped if on_invalid == "skip" else None):
         if schema is None:
             schema = infer_schema(row, fmt=fmt, fields=fields, path=source, line=line)
             id_field = schema.columns.id
@@ -193,8 +204,10 @@ def _load(
             continue
         kept.append((line, row, record))
     if skipped:
+        skipped.sort(key=lambda e: e.line or 0)
         reasons = "; ".join(str(e) for e in skipped[:_LOGGED_SKIPS])
-        logger.warning("%s: skipped %d malformed records: %s", source, len(skipped), reasons)
+        more = f"; and {len(skipped) - _LOGGED_SKIPS} more" if len(skipped) > _LOGGED_SKIPS else ""
+        logger.warning("%s: skipped %d malformed records or lines: %s%s", source, len(skipped), reasons, more)
     if not kept:
         raise DataError(f"no valid records ({len(skipped)} malformed ones skipped)", source)
     ids = _assign_ids([(line, record) for line, _, record in kept], source, id_field)

@@ -72,7 +72,11 @@ _SUFFIXES = {
 
 
 def read_rows(
-    source: str | Path, *, split: str | None = None, header: bool | None = None
+    source: str | Path,
+    *,
+    split: str | None = None,
+    header: bool | None = None,
+    skipped: list[DataError] | None = None,
 ) -> Iterator[tuple[int, Row]]:
     """Yield the records of a data source.
 
@@ -86,6 +90,9 @@ def read_rows(
             first rows (a header is a row of short, unique, name-like cells, at least one of them a
             column name gradsift knows or, failing that, none of them containing spaces while the
             data below does). Headerless rows get the columns ``col0, col1, ...``.
+        skipped: When given, a malformed line of a JSON Lines, CSV or TSV file (invalid JSON, not a record, a
+            wrong number of fields) is appended here and skipped instead of raised. Bytes that are not UTF-8
+            always raise: they say the whole file is in another encoding.
 
     Yields:
         ``(line, row)``: the 1-based line (JSONL, CSV, TSV) or record index (JSON, Parquet,
@@ -123,13 +130,13 @@ def read_rows(
     if header is not None and file_type not in (FileType.CSV, FileType.TSV):
         raise DataError(f"header= applies to CSV and TSV files, not to a {file_type.value} file", path)
     if file_type is FileType.JSONL:
-        rows = _read_jsonl(_lines(path), path)
+        rows = _read_jsonl(_lines(path), path, skipped)
     elif file_type is FileType.JSON:
         rows = _read_json(path, split)
     elif file_type is FileType.PARQUET:
         rows = _read_parquet(path)
     else:
-        rows = _read_delimited(path, file_type, header)
+        rows = _read_delimited(path, file_type, header, skipped)
     empty = True
     for item in rows:
         empty = False
@@ -236,10 +243,20 @@ def _loads(text: str, path: Path, line: int) -> Any:
         raise DataError(f"invalid JSON: {e}", path, line) from None
 
 
-def _read_jsonl(lines: Iterable[tuple[int, str]], path: Path) -> Iterator[tuple[int, Row]]:
+def _read_jsonl(
+    lines: Iterable[tuple[int, str]], path: Path, skipped: list[DataError] | None = None
+) -> Iterator[tuple[int, Row]]:
     for number, text in lines:
-        if text.strip():
-            yield number, _as_record(_loads(text, path, number), path, number)
+        if not text.strip():
+            continue
+        try:
+            record = _as_record(_loads(text, path, number), path, number)
+        except DataError as e:
+            if skipped is None:
+                raise
+            skipped.append(e)
+            continue
+        yield number, record
 
 
 def _read_json(path: Path, split: str | None) -> Iterator[tuple[int, Row]]:
@@ -327,7 +344,9 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:
         raise DataError(f"cannot read Parquet: {e}", path) from None
 
 
-def _read_delimited(path: Path, file_type: FileType, header: bool | None) -> Iterator[tuple[int, Row]]:
+def _read_delimited(
+    path: Path, file_type: FileType, header: bool | None, skipped: list[DataError] | None = None
+) -> Iterator[tuple[int, Row]]:
     rows = _csv_rows(path) if file_type is FileType.CSV else _tsv_rows(path)
     first = next(rows, None)
     if first is None:
@@ -346,7 +365,11 @@ def _read_delimited(path: Path, file_type: FileType, header: bool | None) -> Ite
         expected = f"{len(names)} fields, like line {first[0]}"
     for number, cells in chain(body, rows):
         if len(cells) != len(names):
-            raise DataError(f"expected {expected}, found {len(cells)}", path, number)
+            error = DataError(f"expected {expected}, found {len(cells)}", path, number)
+            if skipped is None:
+                raise error
+            skipped.append(error)
+            continue
         yield number, dict(zip(names, cells, strict=True))
 
 

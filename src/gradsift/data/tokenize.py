@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from gradsift.data.records import Example, Pair
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100
 Truncation = Literal["right", "left"]
@@ -230,6 +231,8 @@ def collate(
     Returns:
         ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long, ``labels`` [B, T] long (-100 on padding).
     """
+    import torch  # here: reading and tokenising data needs no torch
+
     width = max(len(e) for e in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     att = torch.zeros((len(items), width), dtype=torch.long)

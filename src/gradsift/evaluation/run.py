@@ -34,7 +34,8 @@ from gradsift.evaluation.loss_tasks import evaluate_preference, evaluate_target_
 from gradsift.evaluation.multiple_choice import MCFormat, Normalisation, evaluate_multiple_choice
 from gradsift.evaluation.refusal import PhraseRefusalJudge, RefusalJudge
 from gradsift.evaluation.tasks import BBH_COT_TEMPLATE, ScoringSettings, TaskKind, read_cot_prompt, write_results
-from gradsift.model.load import DType, LoadedModel, ModelSettings, load_model
+from gradsift.model.load import MODEL_HELP, DType, LoadedModel, ModelSettings, load_model
+from gradsift.settings import check_fields, setting
 
 TASK_ALIASES = {
     "mc": TaskKind.MULTIPLE_CHOICE,
@@ -42,6 +43,9 @@ TASK_ALIASES = {
     "target-loss": TaskKind.TARGET_LOSS,
 }
 """Command-line spellings of task kinds besides their values."""
+
+TASK_NAMES = (*(t.value for t in TaskKind), *TASK_ALIASES)
+"""Every name `parse_task` reads."""
 
 TASKS: dict[TaskKind, Callable[..., dict[str, Any]]] = {
     TaskKind.GSM8K: evaluate_gsm8k,
@@ -108,47 +112,42 @@ class EvaluateConfig:
         progress: Show progress bars.
     """
 
-    task: str
-    data: str
-    out: str | None = None
-    model: str = "builtin"
-    adapter: str | None = None
-    dtype: DType = "auto"
-    device: str = "auto"
-    fmt: str | None = None
-    split: str | None = None
-    task_label: str | None = None
-    prompt_field: str | None = None
-    limit: int = 0
-    on_invalid: OnInvalid = "raise"
-    max_new_tokens: int = 256
-    gen_batch_size: int = 8
-    fewshot: str | None = None
-    fewshot_n: int = 3
-    template: str | None = None
-    max_length: int = 1024
-    batch_size: int = 8
-    mc_format: MCFormat = "text"
-    normalisation: Normalisation = "token"
-    beta: float = 0.1
-    utility_generate: bool = False
-    refusal_window: int = 200
-    progress: bool = True
+    task: str = setting(help="task kind", choices=TASK_NAMES)
+    data: str = setting(help="the task's records (file, dataset dir or hf:NAME; refusal: also a .txt of prompts)")
+    out: str | None = setting(None, help="results JSON file")
+    model: str = setting("builtin", help=MODEL_HELP, group="model")
+    adapter: str | None = setting(None, help="LoRA adapter directory (e.g. a gradsift train run's adapter/)")
+    dtype: DType = setting("auto", help="model dtype", group="model")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N", group="model")
+    fmt: str | None = setting(None, help="force the data format")
+    split: str | None = setting(None, help="part of a source with named parts")
+    task_label: str | None = setting(None, help="task label for every record (per-task metrics)")
+    prompt_field: str | None = setting(None, help="refusal: the prompt column")
+    limit: int = setting(0, help="evaluate the first N records only (0: all)")
+    on_invalid: OnInvalid = setting("raise", help="stop at or skip invalid records and lines")
+    max_new_tokens: int = setting(256, help="generation budget per output")
+    gen_batch_size: int = setting(8, help="prompts decoded together")
+    fewshot: str | None = setting(None, help="few-shot context: a .txt prompt prefix (BBH cot-prompts) or a data file")
+    fewshot_n: int = setting(3, help="demonstrations taken from a few-shot data file (0: all)")
+    template: str | None = setting(None, help="question template with {question}")
+    max_length: int = setting(1024, help="token limit per scored sequence")
+    batch_size: int = setting(8, help="sequences per forward pass in likelihood tasks")
+    mc_format: MCFormat = setting("text", help="mc: score option texts or letters")
+    normalisation: Normalisation = setting("token", help="mc log-likelihood normalisation")
+    beta: float = setting(0.1, help="preference: DPO temperature")
+    utility_generate: bool = setting(False, help="utility: also generate and report exact match")
+    refusal_window: int = setting(200, help="refusal: leading characters the judge reads")
+    progress: bool = setting(True, help="no progress bar", flag="--no-progress")
 
     def __post_init__(self) -> None:
-        self.task = parse_task(self.task).value
+        self.task = parse_task(self.task).value  # aliases and any case, named when unknown
+        check_fields(self)
         if self.limit < 0:
             raise ValueError(f"limit must be >= 0 (0 means all records), got {self.limit}")
         if self.fewshot_n < 0:
             raise ValueError(f"fewshot_n must be >= 0 (0 means all), got {self.fewshot_n}")
-        if self.on_invalid not in ("raise", "skip"):
-            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {self.on_invalid!r}")
         if self.template is not None and "{question}" not in self.template:
             raise ValueError(f"template must contain '{{question}}', got {self.template!r}")
-        if self.mc_format not in ("text", "letter"):
-            raise ValueError(f"mc_format must be 'text' or 'letter', got {self.mc_format!r}")
-        if self.normalisation not in ("sum", "token", "char"):
-            raise ValueError(f"normalisation must be 'sum', 'token' or 'char', got {self.normalisation!r}")
         if not self.beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         self.generation()

@@ -11,11 +11,12 @@ takes the rows ``row % N == rank`` and writes them into the same store (gloo on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +31,11 @@ from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_exam
 from gradsift.gradients.grads import LoraGradients, pair_groups
 from gradsift.gradients.precondition import AdamState, PreconditionedProjector, load_checkpoint_optimizer
 from gradsift.gradients.projection import DenseProjector, FactorizedProjector, Projector, SparseProjector
-from gradsift.model.load import LoadedModel, ModelSettings, load_model
+from gradsift.model.load import MODEL_HELP, DType, LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import OPTIMIZER_JSON, LoraSettings, attach_lora, load_adapter
 from gradsift.model.task import DPOTask, SFTTask
-from gradsift.store.features import FeatureStore
+from gradsift.settings import check_fields, setting
+from gradsift.store.features import FeatureStore, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -87,53 +89,45 @@ class FeatureConfig:
         overwrite: Replace a store made with other settings.
     """
 
-    data: str
-    out: str
-    kind: FeatureKind = "sft"
-    response: Literal["chosen", "rejected"] = "chosen"
-    model: str = "builtin"
-    dtype: str = "auto"
-    device: str = "auto"
-    adapter: str | None = None
-    optimizer: str | None = None
-    adam_eps: Literal["inside", "outside"] = "inside"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    lora_seed: int = 0
-    lora_layers: str | None = None
-    projector: ProjectorName = "auto"
-    dim: int = 8192
-    sparse_s: int = 4
-    k_in: int = 16
-    k_out: int = 16
-    projection: Literal["rademacher", "gaussian"] = "rademacher"
-    projection_seed: int = 0
-    reduction: Literal["mean", "sum"] = "mean"
-    beta: float = 0.1
-    max_length: int = 256
-    batch_tokens: int = 1536
-    max_batch: int = 64
-    store_dtype: Literal["float16", "float32"] = "float16"
-    fmt: str | None = None
-    limit: int = 0
-    on_invalid: Literal["raise", "skip"] = "raise"
-    overwrite: bool = False
+    data: str = setting(help="records: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), saved dataset dir or hf:NAME")
+    out: str = setting(help="store directory")
+    kind: FeatureKind = setting("sft", help="candidates, targets or preference pairs")
+    response: Literal["chosen", "rejected"] = setting("chosen", help="y+ or the rejected response y-")
+    model: str = setting("builtin", help=MODEL_HELP, group="model")
+    dtype: DType = setting("auto", help="model dtype", group="model")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N", group="model")
+    adapter: str | None = setting(None, help="LoRA adapter directory (a warm-up checkpoint); default a fresh LoRA")
+    optimizer: str | None = setting(None, help="warm-up checkpoint with Adam moments: LESS's preconditioned features")
+    adam_eps: Literal["inside", "outside"] = setting(
+        "inside", help="Adam feature m'/sqrt(v'+eps) (LESS code) or outside"
+    )
+    lora_rank: int = setting(8, help="rank of a fresh LoRA")
+    lora_alpha: int = setting(16, help="alpha of a fresh LoRA")
+    lora_targets: list[str] = setting(
+        default_factory=lambda: ["q_proj", "v_proj"], help="modules of a fresh LoRA, comma-separated"
+    )
+    lora_seed: int = setting(0, help="seed of a fresh LoRA")
+    lora_layers: str | None = setting(None, help="decoder layers of a fresh LoRA: last:K or a list such as 0,5,7")
+    projector: ProjectorName = setting("auto", help="auto: factorized, sparse with --optimizer")
+    dim: int = setting(8192, help="sparse/dense projection dimension")
+    sparse_s: int = setting(4, help="sparse projection: non-zeros per column")
+    k_in: int = setting(16, help="factorized: input-side size per layer")
+    k_out: int = setting(16, help="factorized: output-side size per layer")
+    projection: Literal["rademacher", "gaussian"] = setting("rademacher", help="projection entries")
+    projection_seed: int = setting(0, help="projection seed")
+    reduction: Literal["mean", "sum"] = setting("mean", help="per-example loss: token mean or sum")
+    beta: float = setting(0.1, help="DPO beta for pairs")
+    max_length: int = setting(256, help="token limit per sequence")
+    batch_tokens: int = setting(1536, help="padded tokens per batch")
+    max_batch: int = setting(64, help="most examples per batch")
+    store_dtype: Literal["float16", "float32"] = setting("float16", help="row dtype on disk")
+    fmt: str | None = setting(None, help="force the data format")
+    limit: int = setting(0, help="use only the first N records (0: all)")
+    on_invalid: Literal["raise", "skip"] = setting("raise", help="stop at or skip invalid records and lines")
+    overwrite: bool = setting(False, help="replace a store made with other settings")
 
     def __post_init__(self) -> None:
-        checks = {
-            "kind": (self.kind, ("sft", "target", "pair")),
-            "response": (self.response, ("chosen", "rejected")),
-            "projector": (self.projector, ("auto", "dense", "factorized", "sparse")),
-            "adam_eps": (self.adam_eps, ("inside", "outside")),
-            "projection": (self.projection, ("rademacher", "gaussian")),
-            "reduction": (self.reduction, ("mean", "sum")),
-            "store_dtype": (self.store_dtype, ("float16", "float32")),
-            "on_invalid": (self.on_invalid, ("raise", "skip")),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        check_fields(self)
         if self.optimizer and self.projector == "factorized":
             raise ValueError("Adam preconditioning needs the full gradient: use projector 'sparse', 'dense' or 'auto'")
         if self.kind == "pair" and self.response != "chosen":
@@ -268,6 +262,9 @@ def store_settings(
         "reduction": cfg.reduction,
         "beta": cfg.beta if cfg.kind == "pair" else None,
         "max_length": cfg.max_length,
+        # batching changes the padding and the batched kernels, and with them the features (up to ~2e-4): a
+        # resume with other batching would mix two kinds of rows
+        "batching": {"batch_tokens": cfg.batch_tokens, "max_batch": cfg.max_batch},
         "data": fingerprint(records),
     }
 
@@ -316,6 +313,19 @@ def extract_features(
         ValueError: Settings that differ from an existing store's (without ``overwrite``), bad input.
     """
     rank, world = _distributed()
+    # one writer per store (the ranks of one torchrun share it): a second run fails here, before any work
+    with store_lock(cfg.out) if rank == 0 else contextlib.nullcontext():
+        return _extract(cfg, records, loaded, progress, rank, world)
+
+
+def _extract(
+    cfg: FeatureConfig,
+    records: list[Example] | list[Pair] | None,
+    loaded: LoadedModel | None,
+    progress: bool,
+    rank: int,
+    world: int,
+) -> FeatureStore:
     if records is None:
         records = read_records(cfg)
     elif cfg.limit:

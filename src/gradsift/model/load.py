@@ -16,13 +16,17 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+# torch is imported where it is used: configs that only check settings (and the CLI's help) stay light
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+MODEL_HELP = "'builtin' (SmolLM2-135M-Instruct), a local HF directory, a .gguf file or a hub id"
+"""Help line of every stage's ``model`` setting."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,29 @@ class ModelSettings:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def resolve_device(self) -> torch.device:
+        """The device to load on.
+
+        Raises:
+            ValueError: CUDA asked for, but this torch has no CUDA device (or no device of that index).
+        """
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+                raise ValueError(f"device {self.device} asked for, but {why}; use --device cpu or auto")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device {self.device} asked for, but only {torch.cuda.device_count()} CUDA devices exist"
+                )
+        return device
 
     def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        import torch
+
         if self.dtype == "auto":
             if device.type == "cuda" and torch.cuda.is_bf16_supported():
                 return torch.bfloat16
@@ -190,6 +212,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     if (out_dir / "config.json").exists():
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
     log.info("converting %s to safetensors in %s (once)", gguf_path, out_dir)
     model, tokenizer = _load_gguf(gguf_path, torch.float32)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))

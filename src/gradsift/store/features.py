@@ -58,6 +58,8 @@ from typing import Any, cast
 import numpy as np
 
 from gradsift.atomic import fsync_dir, write_json_atomic
+from gradsift.rundir import RunLock
+from gradsift.settings import check_same_settings
 from gradsift.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -591,36 +593,18 @@ def _json_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_same(path: Path, stored: dict[str, Any], requested: dict[str, Any]) -> None:
     """Refuse to reuse a store whose layout or settings differ from the requested ones."""
-    diffs = _diff({key: stored[key] for key in _COMPARED}, requested, prefix="")
-    if diffs:
-        raise ValueError(
-            f"feature store {path} was built with different settings: {'; '.join(diffs)}. "
-            "Pass overwrite=True (CLI: --overwrite) to delete it and recompute, or choose another output path."
-        )
+    old = {key: stored[key] for key in _COMPARED}
+    check_same_settings(
+        f"feature store {path}", old, requested, what="features", elsewhere="choose another output path"
+    )
 
 
-def _diff(stored: Any, requested: Any, prefix: str) -> list[str]:
-    """Dotted keys where two JSON values differ, each with both values."""
-    if isinstance(stored, dict) and isinstance(requested, dict):
-        diffs = []
-        for key in sorted(stored.keys() | requested.keys()):
-            name = f"{prefix}.{key}" if prefix else key
-            if key not in stored:
-                diffs.append(f"{name} (absent in the store, requested {_short(requested[key])})")
-            elif key not in requested:
-                diffs.append(f"{name} (stored {_short(stored[key])}, absent in the request)")
-            else:
-                diffs.extend(_diff(stored[key], requested[key], name))
-        return diffs
-    # JSON keeps true and 1 apart, Python's == does not.
-    if stored != requested or isinstance(stored, bool) != isinstance(requested, bool):
-        return [f"{prefix} (stored {_short(stored)}, requested {_short(requested)})"]
-    return []
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def store_lock(path: str | Path) -> RunLock:
+    """The lock of the store at `path`: a file beside it (the store directory itself is replaced atomically), so
+    that a second writer fails at once instead of after computing its rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return RunLock(path.parent / f".{path.name}.lock", f"feature store {path}")
 
 
 def _preview(rows: np.ndarray, limit: int = 10) -> str:

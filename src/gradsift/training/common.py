@@ -28,6 +28,8 @@ from transformers import TrainerCallback, TrainingArguments
 from gradsift.atomic import write_json_atomic, write_text_atomic
 from gradsift.data.records import fingerprint
 from gradsift.model.lora import LoraSettings, is_peft_model, load_adapter
+from gradsift.rundir import LOCK_FILE, locked_dir
+from gradsift.settings import check_same_settings, settings_hash
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,9 @@ CONFIG_FILE = "config.json"
 LOG_FILE = "train_log.jsonl"
 RESULT_FILE = "result.json"
 ADAPTER_DIR = "adapter"
-# What an SFT or DPO run writes in its directory (``overwrite`` deletes these and nothing else).
-RUN_OWNED = (CONFIG_FILE, LOG_FILE, RESULT_FILE, ADAPTER_DIR, "README.md")
+# What an SFT or DPO run writes in its directory (``overwrite`` deletes these and nothing else); the last is
+# `gradsift.training.run`'s record of the flat settings.
+RUN_OWNED = (CONFIG_FILE, LOG_FILE, RESULT_FILE, ADAPTER_DIR, "README.md", "train_settings.json")
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Settings that change how a run is logged or saved, not what it learns: a resumed run may change them.
 _BOOKKEEPING_KEYS = re.compile(r"^(output_dir|logging_.*|run_name|save_.*|report_to|disable_tqdm|push_to_hub|hub_.*)$")
@@ -165,7 +168,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "template": getattr(tokenizer, "chat_template", None),
         "class": type(tokenizer).__name__,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_hash(payload, 16)
 
 
 def run_config(
@@ -297,13 +300,6 @@ def _clear_run(out_dir: Path, owned: tuple[str, ...]) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [d for k in keys for d in _diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [prefix.rstrip(".")]
-
-
 def prepare_run_dir(
     out_dir: Path,
     run_config: dict[str, Any],
@@ -336,14 +332,18 @@ def prepare_run_dir(
     cfg_path = out_dir / CONFIG_FILE
     new = json.loads(json.dumps(run_config))
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as e:
+            if not overwrite:
+                raise ValueError(
+                    f"{cfg_path} cannot be read ({e}); pass --overwrite (overwrite=True) to replace the run in "
+                    f"{out_dir}, or choose another directory"
+                ) from None
+            old = None
         if old != new:
             if not overwrite:
-                diff = ", ".join(_diff_keys(old, new)[:8])
-                raise ValueError(
-                    f"{out_dir} holds a run with different settings ({diff}); pass overwrite=True to replace it "
-                    "or choose another directory"
-                )
+                check_same_settings(str(out_dir), old, new, what="a run", elsewhere="choose another directory")
             _clear_run(out_dir, owned)
         elif (out_dir / done_file).exists() and not overwrite:
             return RunState.DONE, None
@@ -353,7 +353,7 @@ def prepare_run_dir(
                 _truncate_log(out_dir / LOG_FILE, _checkpoint_step(ckpt))
                 return RunState.RESUME, ckpt
             _clear_run(out_dir, owned)
-    elif any(out_dir.iterdir()):
+    elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         raise ValueError(f"{out_dir} is not empty and holds no gradsift run ({CONFIG_FILE} missing); use an empty dir")
     write_json_atomic(cfg_path, new)
     return RunState.FRESH, None
@@ -521,7 +521,8 @@ def execute_run(
 ) -> R:
     """Train, resume or reuse the run of `plan`: the life every run directory goes through.
 
-    The directory is checked against `identity` (`prepare_run_dir`). A finished run returns `reuse()`.
+    The directory is locked for the run (`gradsift.rundir.locked_dir`: a second run into it fails at once) and
+    checked against `identity` (`prepare_run_dir`). A finished run returns `reuse()`.
     Otherwise the data counts are logged, the trainer is built and trained (from the last complete checkpoint
     when resuming) with the run's ``train_log.jsonl``, and `finish` writes the run's results.
 
@@ -542,14 +543,16 @@ def execute_run(
 
     Raises:
         ValueError: The directory holds a run with other settings (without `overwrite`) or is not a run.
+        RunDirBusy: Another process runs in the directory.
     """
-    state, ckpt = prepare_run_dir(plan.out_dir, identity, done_file, owned, resume, overwrite)
-    if state is RunState.DONE:
-        return reuse()
-    plan.counts.warn(f"{what} for {plan.out_dir}")
-    trainer = make_trainer()
-    output = run_trainer(trainer, plan.out_dir, ckpt)
-    return finish(trainer, output, ckpt)
+    with locked_dir(plan.out_dir):
+        state, ckpt = prepare_run_dir(plan.out_dir, identity, done_file, owned, resume, overwrite)
+        if state is RunState.DONE:
+            return reuse()
+        plan.counts.warn(f"{what} for {plan.out_dir}")
+        trainer = make_trainer()
+        output = run_trainer(trainer, plan.out_dir, ckpt)
+        return finish(trainer, output, ckpt)
 
 
 def train_adapter(

@@ -10,16 +10,21 @@ done.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gradsift.atomic import write_json_atomic
 from gradsift.data.load import OnInvalid, load_examples, load_pairs
 from gradsift.data.records import Example, Kind, Pair
-from gradsift.model.load import DType, LoadedModel, ModelSettings, load_model
+from gradsift.model.load import MODEL_HELP, DType, LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import LoraSettings
-from gradsift.training.common import TrainResult
+from gradsift.rundir import locked_dir
+from gradsift.settings import check_fields, setting
+
+# the trainer stack loads when a run starts: the settings (and ``gradsift train --help``) stay light
+if TYPE_CHECKING:
+    from gradsift.training.common import TrainResult
 
 SETTINGS_FILE = "train_settings.json"
 
@@ -59,40 +64,39 @@ class TrainConfig:
         options: Further `trl.SFTConfig` / `trl.DPOConfig` fields by name; they override the fields above.
     """
 
-    data: str
-    out: str
-    kind: Literal["sft", "pair"] = "sft"
-    model: str = "builtin"
-    dtype: DType = "auto"
-    device: str = "auto"
-    fmt: str | None = None
-    limit: int = 0
-    on_invalid: OnInvalid = "raise"
-    epochs: float = 1.0
-    max_steps: int = -1
-    lr: float = 1e-4
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 256
-    warmup: float = 0.0
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    beta: float = 0.1
-    seed: int = 0
-    save_steps: int = 25
-    logging_steps: int = 1
-    progress: bool = True
-    resume: bool = True
-    overwrite: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    data: str = setting(help="training data: JSONL/JSON/CSV/TSV/Parquet (optionally .gz), dataset dir or hf:NAME")
+    out: str = setting(help="run directory")
+    kind: Literal["sft", "pair"] = setting("sft", help="sft examples or preference pairs (DPO)")
+    model: str = setting("builtin", help=MODEL_HELP, group="model")
+    dtype: DType = setting("auto", help="model dtype", group="model")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N", group="model")
+    fmt: str | None = setting(None, help="force the data format")
+    limit: int = setting(0, help="train on the first N records only (0: all)")
+    on_invalid: OnInvalid = setting("raise", help="stop at or skip invalid records and lines")
+    epochs: float = setting(1.0, help="passes over the data")
+    max_steps: int = setting(-1, help="stop after N optimizer steps (overrides --epochs; -1: no limit)")
+    lr: float = setting(1e-4, help="peak learning rate")
+    batch_size: int = setting(4, help="examples or pairs per step and device")
+    grad_accum: int = setting(1, help="gradient accumulation steps")
+    max_length: int = setting(256, help="token limit per sequence")
+    warmup: float = setting(0.0, help="lr warm-up: fraction of steps (<1) or steps")
+    lora_rank: int = setting(8, help="LoRA rank")
+    lora_alpha: int = setting(16, help="LoRA alpha")
+    lora_dropout: float = setting(0.0, help="LoRA dropout")
+    lora_targets: list[str] = setting(
+        default_factory=lambda: ["q_proj", "v_proj"], help="modules to adapt, comma-separated (or all-linear)"
+    )
+    beta: float = setting(0.1, help="DPO temperature")
+    seed: int = setting(0, help="trainer seed")
+    save_steps: int = setting(25, help="checkpoint every N steps for resuming")
+    logging_steps: int = setting(1, help="log every N steps")
+    progress: bool = setting(True, help="no progress bar", flag="--no-progress")
+    resume: bool = setting(True, help="start over instead of resuming an unfinished run", flag="--no-resume")
+    overwrite: bool = setting(False, help="replace a run with other settings, or retrain")
+    options: dict[str, Any] = setting(default_factory=dict, help="further SFTConfig/DPOConfig field", flag="--option")
 
     def __post_init__(self) -> None:
-        if self.kind not in ("sft", "pair"):
-            raise ValueError(f"kind must be 'sft' or 'pair', got {self.kind!r}")
-        if self.on_invalid not in ("raise", "skip"):
-            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {self.on_invalid!r}")
+        check_fields(self)
         if self.limit < 0:
             raise ValueError(f"limit must be >= 0 (0 means all records), got {self.limit}")
         if not self.epochs > 0:
@@ -111,10 +115,6 @@ class TrainConfig:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if self.save_steps < 1 or self.logging_steps < 1:
             raise ValueError("save_steps and logging_steps must be >= 1")
-        if isinstance(self.lora_targets, str):
-            self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
-        if not isinstance(self.options, dict):
-            raise ValueError(f"options must be a mapping of trainer field names to values, got {self.options!r}")
         self.lora_settings()
         ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
 
@@ -182,7 +182,14 @@ def run_train(
     Raises:
         ValueError: Bad settings, other settings in `cfg.out` without `overwrite`, or no trainable records.
         DataError: Unreadable or malformed training data.
+        RunDirBusy: Another process runs in `cfg.out`.
     """
+    # the directory is locked before the data is read: a second run into it fails at once
+    with locked_dir(cfg.out):
+        return _train(cfg, records, loaded)
+
+
+def _train(cfg: TrainConfig, records: list[Example] | list[Pair] | None, loaded: LoadedModel | None) -> TrainResult:
     from gradsift.training.dpo import train_dpo
     from gradsift.training.sft import train_sft
 

@@ -39,6 +39,30 @@ from gradsift.gradients.extract import FeatureConfig, extract_features  # noqa: 
 from gradsift.model.load import ModelSettings, load_model  # noqa: E402
 
 
+def tiny_model(cache: Path) -> str:
+    """A randomly initialised 2-layer Llama (hidden 64) with the built-in tokenizer, saved once under `cache`:
+    for measuring what scales with the pool rather than with the model, in seconds."""
+    path = cache / "tiny-llama"
+    if not (path / "config.json").exists():
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = load_model(ModelSettings(model="builtin")).tokenizer
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+        )
+        LlamaForCausalLM(config).save_pretrained(path)
+        tok.save_pretrained(path)
+    return str(path)
+
+
 def one(args: argparse.Namespace, n: int) -> dict[str, Any]:
     """Featurise a generated pool of `n` examples in this process; return the measurements."""
     device = torch.device(args.device)
@@ -118,7 +142,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--n", type=int, default=None, help="one pool size (same as --sizes N)")
     p.add_argument("--sizes", default="256,4096", help="comma-separated pool sizes, each in its own process")
-    p.add_argument("--model", default="builtin")
+    p.add_argument("--model", default="builtin", help="builtin, a model directory, or 'tiny' (see --help of --tiny)")
     p.add_argument("--projector", default="auto", choices=["auto", "factorized", "dense", "sparse"])
     p.add_argument("--lora-layers", default=None, help="feature LoRA on these layers only (e.g. last:4)")
     p.add_argument("--max-length", type=int, default=256)
@@ -132,6 +156,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not sizes or any(s < 1 for s in sizes):
         p.error(f"pool sizes must be positive integers, got {args.sizes!r}")
     args.size_list = sizes
+    if args.model == "tiny":
+        args.model = tiny_model(Path(__file__).resolve().parent / "cache")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: this torch build sees no CUDA device")
     return args

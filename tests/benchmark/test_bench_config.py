@@ -7,7 +7,8 @@ import pytest
 import yaml
 from benchkit import bench_dict
 
-from gradsift.benchmark.config import BenchConfig, DataSpec, Source, merge_overrides
+from gradsift.benchmark.config import BenchConfig, merge_overrides
+from gradsift.benchmark.dataspec import DataSpec, Source
 
 
 def test_from_yaml_resolves_paths_and_merges_a_size(tmp_path):

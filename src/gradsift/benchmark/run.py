@@ -67,7 +67,7 @@ from gradsift.benchmark.prepare import PrepareResult, run_prepare
 from gradsift.benchmark.reportdata import collect_report_data, write_report, write_run_md
 from gradsift.benchmark.sets import Record, build_set, fingerprint, read_set, record_row
 from gradsift.benchmark.tables import add_pir, comparisons, efficiency_rows, json_safe, write_tables
-from gradsift.benchmark.work import Cell, CellTask, Context, SelectTask, run_all, run_cell, run_selection, say
+from gradsift.benchmark.work import Cell, CellTask, Context, SelectTask, Workers, run_cell, run_selection, say
 from gradsift.data.load import write_jsonl
 from gradsift.evaluation.selector_metrics import GRADSIFT_METHODS, FeasibilityAttributes, gradsift_feasibility
 from gradsift.report.data import MethodSelection, ReportData
@@ -112,8 +112,9 @@ def _cpu_seconds() -> float:
 class _Bench:
     """State of one bench run (see the module docstring for the steps)."""
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    def __init__(self, cfg: BenchConfig, workers: Workers | None = None) -> None:
         self.cfg = cfg
+        self.workers = workers or Workers(1, cfg.progress)
         self.out = Path(cfg.out)
         self.sets: dict[str, list[Record]] = {}
         self.set_paths: dict[str, Path] = {}
@@ -249,7 +250,7 @@ class _Bench:
             elif seconds > 1:
                 say(f"{task.label}: {meta['n_selected']} rows in {meta['seconds']:.0f}s")
 
-        metas = run_all(self.ctx, tasks, run_selection, done)
+        metas = self.workers.run_all(self.ctx, tasks, run_selection, done)
         return dict(zip(tasks, metas, strict=True))
 
     def select(self) -> None:
@@ -330,7 +331,7 @@ class _Bench:
             for lr in search.grid
         ]
         say(f"learning rate: {len(tasks)} cells ({len(search.grid)} rates x {len(budgets)} budgets)")
-        rows = run_all(self.ctx, tasks, run_cell, self._progress(len(tasks), spec.column))
+        rows = self.workers.run_all(self.ctx, tasks, run_cell, self._progress(len(tasks), spec.column))
         values: dict[str, dict[str, float]] = {}
         for task, row in zip(tasks, rows, strict=True):
             values.setdefault(f"{task.cell.lr:g}", {})[task.cell.budget] = row[spec.column]
@@ -393,7 +394,9 @@ class _Bench:
         cells = self.cells()
         specs = tuple(self.cfg.benchmarks)
         tasks = [CellTask(c, specs) for c in cells]
-        return run_all(self.ctx, tasks, run_cell, self._progress(len(tasks), self.cfg.benchmarks[0].column))
+        return self.workers.run_all(
+            self.ctx, tasks, run_cell, self._progress(len(tasks), self.cfg.benchmarks[0].column)
+        )
 
     # -- aggregate ------------------------------------------------------------------------------------------
 
@@ -472,15 +475,16 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         DataError: Unreadable or malformed source data.
     """
     start, t0, cpu0 = dt.datetime.now(dt.UTC), time.perf_counter(), _cpu_seconds()
-    bench = _Bench(cfg)
-    bench.check_out()
-    bench.prepare_data()
-    bench.prepare_model()
-    bench.select()
-    bench.search_lr()
-    if cfg.lr_search is None and "max_steps" not in cfg.train:
-        bench.notes.append("train.max_steps is not set: each cell trains for its epochs, so steps differ by budget")
-    rows = bench.run_cells()
+    with Workers(cfg.workers, cfg.progress) as workers:
+        bench = _Bench(cfg, workers)
+        bench.check_out()
+        bench.prepare_data()
+        bench.prepare_model()
+        bench.select()
+        bench.search_lr()
+        if "max_steps" not in cfg.train:
+            bench.notes.append("train.max_steps is not set: each cell trains its epochs, so steps differ by budget")
+        rows = bench.run_cells()
     table, paired, efficiency, feasibility = bench.aggregate(rows)
     results = cfg.results_dir()
     results.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 method, seed and budget through `gradsift.pipeline.run_select`) and a cell (a fine-tune on a selection, or
 none for an untrained model, and its evaluations).
 
-`run_all` runs a list of them in this process or in ``workers`` processes side by side (spawned, each with an
-equal share of the CPU threads). Every unit writes its results under the bench's ``out`` and returns a small
-summary, so the main process never needs a worker's memory, and a killed run resumes unit by unit.
+`Workers.run_all` runs a list of them in this process or in ``workers`` processes side by side (spawned once
+per run, each with an equal share of the CPU threads). Every unit writes its results under the bench's ``out``
+and returns a small summary, so the main process never needs a worker's memory, and a killed run resumes unit
+by unit.
 
 Selection cost. A selection's CPU seconds (``time.process_time`` of the process that ran it, all its threads)
 and wall seconds are measured around `run_select` and kept in its ``bench-selection.json``. With the bench's
@@ -346,42 +347,63 @@ def _timed(fn: Callable[[Context, Any], Any], ctx: Context, task: Any) -> tuple[
     return fn(ctx, task), time.perf_counter() - t0
 
 
-def run_all(
-    ctx: Context,
-    tasks: Sequence[Any],
-    fn: Callable[[Context, Any], Any],
-    on_done: Callable[[Any, Any, float], None] | None = None,
-) -> list[Any]:
-    """Run ``fn(ctx, task)`` for every task, in this process or in ``ctx.cfg.workers`` spawned processes.
+class Workers:
+    """The processes that run a bench's units side by side: none with one worker (units run here), else a
+    pool of ``workers`` spawned processes, started at the first use and kept for the whole run (a worker
+    imports the training and evaluation stack once). Use as a context manager."""
 
-    Args:
-        ctx: The run's context.
-        tasks: Units of work (each with a ``label``).
-        fn: A module-level function (workers import it by name).
-        on_done: Called in this process as each task finishes: ``on_done(task, result, seconds)``.
+    def __init__(self, workers: int, progress: bool) -> None:
+        self.workers, self.progress = workers, progress
+        self._pool: ProcessPoolExecutor | None = None
 
-    Returns:
-        The results, in task order.
+    def __enter__(self) -> Workers:
+        return self
 
-    Raises:
-        Exception: The first error a task raised (the other workers are stopped).
-    """
-    results: list[Any] = [None] * len(tasks)
-    workers = min(ctx.cfg.workers, len(tasks))
-    if workers <= 1:
-        for i, task in enumerate(tasks):
-            t0 = time.perf_counter()
-            results[i] = fn(ctx, task)
-            if on_done is not None:
-                on_done(task, results[i], time.perf_counter() - t0)
-        return results
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads, ctx.cfg.progress),
-    ) as pool:
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(threads, self.progress),
+            )
+        return self._pool
+
+    def run_all(
+        self,
+        ctx: Context,
+        tasks: Sequence[Any],
+        fn: Callable[[Context, Any], Any],
+        on_done: Callable[[Any, Any, float], None] | None = None,
+    ) -> list[Any]:
+        """Run ``fn(ctx, task)`` for every task, here (one worker, or one task) or in the worker processes.
+
+        Args:
+            ctx: The run's context.
+            tasks: Units of work (each with a ``label``).
+            fn: A module-level function (workers import it by name).
+            on_done: Called in this process as each task finishes: ``on_done(task, result, seconds)``.
+
+        Returns:
+            The results, in task order.
+
+        Raises:
+            Exception: The first error a task raised (the tasks not started yet are cancelled).
+        """
+        results: list[Any] = [None] * len(tasks)
+        if self.workers <= 1 or len(tasks) <= 1:
+            for i, task in enumerate(tasks):
+                results[i], seconds = _timed(fn, ctx, task)
+                if on_done is not None:
+                    on_done(task, results[i], seconds)
+            return results
+        pool = self.pool()
         started = {pool.submit(_timed, fn, ctx, task): i for i, task in enumerate(tasks)}
         pending = set(started)
         try:
@@ -396,4 +418,4 @@ def run_all(
             for fut in pending:
                 fut.cancel()
             raise
-    return results
+        return results

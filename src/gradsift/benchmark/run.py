@@ -416,7 +416,8 @@ class _Bench:
             ]
         lead = ["method", "budget", "k", "seed", "n_selected", "sdf"]
         metric_cols = [c for b in cfg.benchmarks for c in sorted(table.columns) if c.startswith(f"{b.name}.")]
-        tail = ["lr", "train_steps", "train_loss", "select_wall_s", "select_cpu_s", "train_s", "eval_s", "cell"]
+        tail = ["lr", "train_steps", "train_loss", "select_wall_s", "select_cpu_s", "train_s", "train_cpu_s", "eval_s"]
+        tail += ["eval_cpu_s", "cell"]
         table = table[lead + metric_cols + [c for c in tail if c in table.columns]]
         infos = [BenchmarkInfo(b.name, b.kind.value, b.metric or "", bool(b.higher_is_better)) for b in cfg.benchmarks]
         table = add_pir(table, infos, self.notes)

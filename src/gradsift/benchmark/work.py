@@ -250,7 +250,7 @@ def _train(ctx: Context, cell: Cell, lm: Any, d: Path) -> tuple[Any, dict[str, A
 
     assert cell.rows is not None
     cfg = ctx.cfg
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     pool = records_of(ctx, "pool")
     records = [pool[i] for i in cell.rows]
     sel_path = d / "selection.jsonl"
@@ -279,6 +279,7 @@ def _train(ctx: Context, cell: Cell, lm: Any, d: Path) -> tuple[Any, dict[str, A
         "train_loss": log_loss,
         "lr": tc.lr,
         "train_s": round(time.perf_counter() - t0, 3),
+        "train_cpu_s": round(time.process_time() - cpu0, 3),
     }
     return dataclasses.replace(lm, model=result.model), info
 
@@ -287,7 +288,7 @@ def _evaluate(ctx: Context, b: BenchmarkSpec, lm: Any, path: Path) -> dict[str, 
     from gradsift.evaluation.run import run_evaluate
     from gradsift.evaluation.tasks import write_results
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     records = records_of(ctx, b.data)
     records = records[: b.limit] if b.limit else records
     if b.kind is not TaskKind.PREFERENCE:
@@ -296,6 +297,7 @@ def _evaluate(ctx: Context, b: BenchmarkSpec, lm: Any, path: Path) -> dict[str, 
     result = run_evaluate(cfg, records=records, loaded=lm)  # type: ignore[arg-type]
     result["benchmark_identity"] = b.identity()
     result["bench_seconds"] = round(time.perf_counter() - t0, 3)
+    result["bench_cpu_seconds"] = round(time.process_time() - cpu0, 3)
     write_results(path, result)
     return result
 
@@ -322,6 +324,7 @@ def _row(
             if isinstance(value, bool | int | float):
                 row[f"{b.name}.{key}"] = float(value)
     row["eval_s"] = round(sum(float(r.get("bench_seconds", 0.0)) for r in results.values()), 3)
+    row["eval_cpu_s"] = round(sum(float(r.get("bench_cpu_seconds", 0.0)) for r in results.values()), 3)
     return row
 
 

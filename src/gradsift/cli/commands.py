@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from typing import Any
 
 import gradsift
@@ -232,6 +233,12 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--results", help="directory for the tables and report (default from the config)")
     p.add_argument("--methods", help="run only these methods, comma-separated")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes that run selections and cells side by side, each with an equal share of the CPU threads "
+        "(default from the config, else 1)",
+    )
     p.add_argument("--progress", action="store_true", help="progress bars of every stage")
     p.add_argument("--overwrite", action="store_true", help="replace a run made with other settings")
     p.set_defaults(func=cmd_bench)
@@ -249,6 +256,9 @@ def bench_config(args: argparse.Namespace) -> gradsift.BenchConfig:
         overrides["methods"] = comma_list(args.methods)
     if args.device:
         overrides["device"] = args.device
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    overrides["command"] = " ".join(["gradsift", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None
     if args.progress:
         overrides["progress"] = True
     if args.overwrite:
@@ -283,10 +293,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _number(r.get("efficiency_rank"), ".4g"),
         )
     console.print(table)
+    for name, b in result.comparisons.items():
+        paired = Table(title=f"{name}: {b['metric']} on {b['n_eval']} examples, mean [95% CI] and differences")
+        for h in ("budget", "method", "mean", "vs random", "vs full", "select CPU s"):
+            paired.add_column(h, justify="left" if h in ("budget", "method") else "right")
+        for method, by_budget in b["methods"].items():
+            for budget, e in by_budget.items():
+                paired.add_row(
+                    budget,
+                    method,
+                    f"{e['mean']:.4g} [{e['ci95_low']:.4g}, {e['ci95_high']:.4g}]",
+                    _versus(e.get("vs_random")),
+                    _versus(e.get("vs_full")),
+                    _number(e.get("select_cpu_s"), ".4g"),
+                )
+        console.print(paired)
     for m, why in result.unavailable.items():
         console.print(f"method {m} not run: {why}")
     console.print(f"results: {result.results}/results.csv, report.html, report.md")
     return 0
+
+
+def _versus(vs: dict[str, Any] | None) -> str:
+    """A paired difference with its interval and verdict, as the report shows it."""
+    if not vs:
+        return "-"
+    word = {"better": " better", "worse": " worse"}.get(vs["verdict"], "")
+    return f"{vs['diff']:+.3g} [{vs['ci95_low']:+.3g}, {vs['ci95_high']:+.3g}]{word}"
 
 
 def _number(x: Any, spec: str) -> str:

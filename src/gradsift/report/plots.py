@@ -196,8 +196,8 @@ def cost_quality(data: ReportData) -> bytes | None:
         ax.set_xscale("log")
         ax.set_xlabel(f"selection cost ({'CPU' if cpu else 'wall'} seconds, log scale)")
         ax.set_ylabel(f"gain over random ({'+' if sign > 0 else '-'}{b['metric']})")
-        shown = ", ".join(f"{markers.get(x, 'o')} {x}" for x in budgets)
-        ax.set_title(f"{name}: {b['metric']} (budgets: {shown})", fontsize=9)
+        shown = ", ".join(f"{markers.get(x, 'o')} = {x}" for x in budgets)
+        ax.set_title(f"{name}: {b['metric']} (markers by budget: {shown})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     for ax in axes[len(benches) :]:

@@ -175,15 +175,17 @@ def bench(config: BenchConfig) -> BenchResult:
     """Compare selectors: select with each method, budget and seed, fine-tune, evaluate, and report.
 
     Every cell (selection, training, evaluation) is cached under ``config.out``; a rerun resumes. Writes the
-    results table, the selector metrics (SDF, PIR, efficiency, feasibility) and an HTML report with a
-    Markdown twin to ``config.results``.
+    results table, paired comparisons of every method with random and full data (bootstrap intervals on the
+    same evaluation examples), each method's selection cost, the selector metrics (SDF, PIR, efficiency,
+    feasibility), ``RUN.md`` and an HTML report with a Markdown twin to ``config.results``.
 
     Args:
         config: The bench: data sources, methods, budgets, seeds, training and benchmarks. Usually read
             from a YAML file with `BenchConfig.from_yaml`.
 
     Returns:
-        The results table, the efficiency rows, the methods that could not run and where everything is.
+        The results table, the paired comparisons, the efficiency rows, the learning-rate search, the methods
+        that could not run and where everything is.
 
     Raises:
         ValueError: Bad settings, or a working directory holding a bench with other settings (without
@@ -191,9 +193,10 @@ def bench(config: BenchConfig) -> BenchResult:
 
     Example:
         >>> import gradsift
-        >>> cfg = gradsift.BenchConfig.from_yaml("bench/configs/targeted-sft.yaml", size="cpu")
+        >>> cfg = gradsift.BenchConfig.from_yaml("bench/configs/targeted-sft.yaml", size="quick")
         >>> result = gradsift.bench(cfg)
         >>> table = result.table  # one row per method, budget and seed
+        >>> result.comparisons["gsm8k_loss"]["methods"]["less"]["8"]["vs_random"]  # diff, interval, verdict
     """
     from gradsift.benchmark.run import run_bench
 

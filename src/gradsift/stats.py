@@ -1,4 +1,5 @@
-"""Small statistics shared by selection, benchmarks and reports: overlap of selections, task shares, ranks.
+"""Small statistics shared by selection, benchmarks and reports: overlap of selections, task shares, ranks,
+bootstrap intervals of paired differences.
 
 Everything here takes plain sequences or arrays and imports nothing of gradsift's, so every floor may use it.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,3 +80,91 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
     rho = spearmanr(a[ok], b[ok]).statistic
     return float(rho) if np.isfinite(rho) else None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its bootstrap percentile interval.
+
+    Attributes:
+        value: The point estimate (mean over examples of the seed-averaged values or differences).
+        low: Lower end of the interval.
+        high: Upper end of the interval.
+    """
+
+    value: float
+    low: float
+    high: float
+
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies entirely above or entirely below 0."""
+        return self.low > 0 or self.high < 0
+
+
+def bootstrap_draws(
+    n_examples: int, seeds: Sequence[int], n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The random draws of `paired_bootstrap`: example indices [n_boot, N] and, per group, seed indices
+    [n_boot, S_g], drawn in that order from `rng` (examples first, then each group)."""
+    examples = rng.integers(0, n_examples, size=(n_boot, n_examples))
+    picks = [rng.integers(0, s, size=(n_boot, s)) for s in seeds]
+    return examples, picks
+
+
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    resample_seeds: bool = True,
+) -> Interval:
+    """Mean per-example value of `a` (or difference `a - b`, paired on the same examples), averaged over
+    seeds, with a bootstrap percentile interval.
+
+    Each replicate draws the N examples with replacement (the same draw for `a` and `b`, so the pairing is
+    kept) and, with `resample_seeds`, each group's S training seeds with replacement, independently for `a`
+    and `b`: the interval then covers both which examples were evaluated and seed-to-seed training variation.
+
+    Args:
+        a: Per-seed, per-example values [S_a, N] (or [N] for one seed).
+        b: The reference's values on the same examples [S_b, N], or None for the mean of `a` alone.
+        n_boot: Bootstrap replicates.
+        seed: Seed of the draws (same seed, same interval).
+        level: Coverage of the interval, in (0, 1).
+        resample_seeds: Also resample the seeds of each group (no effect with one seed).
+
+    Returns:
+        The mean of ``a.mean(0) - b.mean(0)`` over examples and its interval.
+
+    Raises:
+        ValueError: Shapes that do not pair, no examples, non-finite values, or `level`/`n_boot` out of range.
+    """
+    groups = [np.atleast_2d(np.asarray(a, dtype=np.float64))]
+    if b is not None:
+        groups.append(np.atleast_2d(np.asarray(b, dtype=np.float64)))
+    n = groups[0].shape[1]
+    if any(g.ndim != 2 or g.shape[1] != n or g.shape[0] < 1 for g in groups) or n < 1:
+        raise ValueError(f"values must be [seeds, examples] on the same examples, got {[g.shape for g in groups]}")
+    if not all(np.isfinite(g).all() for g in groups):
+        raise ValueError("values must be finite")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
+    sign = [1.0, -1.0]
+    point = sum(s * g.mean(0) for s, g in zip(sign, groups, strict=False)).mean()
+    rng = np.random.default_rng(seed)
+    examples, picks = bootstrap_draws(n, [g.shape[0] for g in groups], n_boot, rng)
+    per_example = np.zeros((n_boot, n))
+    for s, g, pick in zip(sign, groups, picks, strict=False):
+        if resample_seeds:
+            # weights [B, S]: how often each seed was drawn, over S; their product with g is the resampled mean
+            counts = np.zeros((n_boot, g.shape[0]))
+            np.add.at(counts, (np.arange(n_boot)[:, None], pick), 1.0)
+            per_example += s * (counts / g.shape[0]) @ g
+        else:
+            per_example += s * g.mean(0)
+    replicates = np.take_along_axis(per_example, examples, axis=1).mean(1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return Interval(float(point), float(low), float(high))

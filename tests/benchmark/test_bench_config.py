@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from benchkit import bench_dict
+from benchkit import FAST_TRAIN, bench_dict
 
-from gradsift.benchmark.config import BenchConfig, DataSpec, Source, merge_overrides
+from gradsift.benchmark.config import BenchConfig, merge_overrides
+from gradsift.benchmark.dataspec import DataSpec, Source
+
+NO_LR = {k: v for k, v in FAST_TRAIN.items() if k != "lr"}
 
 
 def test_from_yaml_resolves_paths_and_merges_a_size(tmp_path):
@@ -77,6 +80,43 @@ def test_merge_overrides_updates_named_list_items():
         ),
         ({"benchmarks": [{"name": "a", "task": "gsm8k", "data": "heldout", "metric": "odd"}]}, "higher_is_better"),
         ({"references": ["random"]}, "two different methods"),
+        ({"baselines": ["full-epoch"], "train": {"lr": 1e-3}}, "only when train.max_steps is set"),
+        ({"baselines": ["aligned"]}, "after the prepare step 'align'"),
+        ({"budgets": ["band"]}, "needs a band method"),
+        ({"band_size_of": "irm"}, "applies to the budget 'band'"),
+        ({"methods": ["random", "p-u"]}, "unknown method 'p-u'"),
+        ({"variants": {"prism": {"method": "prism"}}}, "already a method or baseline name"),
+        ({"variants": {"a__b": {"method": "prism"}}}, "without '/', '.' or '__'"),
+        ({"variants": {"pu": {"method": "prisms"}}}, "unknown method 'prisms'"),
+        (
+            {"variants": {"pu": {"method": "prism", "opts": {}}}},
+            r"variants.pu: unknown key .opts. \(did you mean .options.\?\)",
+        ),
+        ({"lr_search": {"grid": [1e-4]}, "train": NO_LR}, "at least two learning rates"),
+        ({"lr_search": {"grid": [1e-4, -1]}, "train": NO_LR}, "positive numbers"),
+        ({"lr_search": {"grid": [1e-4, 1e-3], "benchmark": "nope"}, "train": NO_LR}, "not a benchmark"),
+        ({"lr_search": {"grid": [1e-4, 1e-3], "data": "nowhere"}, "train": NO_LR}, "no data set 'nowhere'"),
+        ({"lr_search": {"grid": [1e-4, 1e-3]}, "train": {"lr": 1e-3}}, "train.lr is what lr_search chooses"),
+        ({"lr_search": {"grid": [1e-4, 1e-3]}, "methods": ["length"], "train": NO_LR}, "add random to methods"),
+        ({"select_cache": "none"}, "select_cache must be"),
+        ({"workers": 0}, "workers must be a positive integer"),
+        ({"bootstrap": 0}, "bootstrap must be a positive integer"),
+        (
+            {
+                "prepare": {
+                    "align": {"data": {"sources": [{"path": "a.jsonl"}]}, "until": {"data": "x", "at_least": 0.8}}
+                }
+            },
+            "until.data: no set 'x'",
+        ),
+        (
+            {"prepare": {"align": {"data": {"sources": [{"path": "a.jsonl"}]}, "until": {"data": "x"}}}},
+            "exactly one of at_least and at_most",
+        ),
+        (
+            {"prepare": {"align": {"data": {"sources": [{"path": "a.jsonl"}]}, "train": {"model": "x"}}}},
+            "prepare.align.train: the bench sets",
+        ),
         ({"device": "tpu"}, "device must be"),
         ({"unknown_key": 1}, "unknown key 'unknown_key'"),
     ],
@@ -88,6 +128,55 @@ def test_bad_configs_are_refused_with_a_clear_message(tmp_path, demo, change, me
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=message):
         BenchConfig.from_yaml(path)
+
+
+def test_variants_band_budget_and_learning_rate_search(tmp_path, demo):
+    raw = bench_dict(
+        tmp_path,
+        demo,
+        "builtin",
+        methods=["random", "prism", "pu"],
+        variants={"pu": {"method": "prism", "options": {"prism_uniform": True}}},
+        select={"options": {"dim": 64}},
+        seeded_methods=["random", "pu"],
+        lr_search={"grid": [1e-4, 3e-4]},
+        train=NO_LR,
+    )
+    cfg = BenchConfig(**raw)
+    assert cfg.methods == ["random", "prism", "pu"] and cfg.seeded_methods == ["random", "pu"]
+    assert cfg.base_method("pu") == "prism" and cfg.base_method("prism") == "prism"
+    assert cfg.method_options("pu") == {"dim": 64, "prism_uniform": True}
+    assert cfg.method_options("prism") == {"dim": 64}
+    assert cfg.identity()["variants"] == {"pu": {"method": "prism", "options": {"prism_uniform": True}}}
+    lr = cfg.lr_benchmark()
+    assert lr is not None and lr.name == "lr_tl" and lr.data == "heldout" and lr.metric == "mean_loss"
+    assert lr.higher_is_better is False and cfg.lr_search.benchmark == "tl"  # the first benchmark by default
+    pairs = {"kind": "pair", "sources": [{"path": str(demo[0])}]}
+    band = BenchConfig(
+        **bench_dict(
+            tmp_path,
+            demo,
+            "builtin",
+            kind="pair",
+            methods=["random", "tif", "fusion"],
+            budgets=["band", "25%"],
+            data={"pool": pairs},
+            benchmarks=[{"name": "p", "task": "preference", "data": "pool"}],
+        )
+    )
+    assert band.band_size_of == "fusion" and band.budgets == ["band", "25%"]
+    with pytest.raises(ValueError, match="band_size_of 'random' must be one of the band methods"):
+        BenchConfig(
+            **{
+                **bench_dict(tmp_path, demo, "builtin"),
+                "budgets": ["band"],
+                "methods": ["random", "irm"],
+                "band_size_of": "random",
+                "kind": "pair",
+                "data": {"pool": pairs},
+                "benchmarks": [{"name": "p", "task": "preference", "data": "pool"}],
+            }
+        )
 
 
 def test_bad_sources_are_refused(tmp_path):

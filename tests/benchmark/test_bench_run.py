@@ -13,6 +13,7 @@ from benchkit import FAST_SELECT, FAST_TRAIN, bench_dict, write_jsonl
 
 from gradsift import pipeline
 from gradsift.benchmark import run as bench_mod
+from gradsift.benchmark import work
 from gradsift.benchmark.config import BenchConfig
 from gradsift.benchmark.run import run_bench
 from gradsift.evaluation.selector_metrics import BenchmarkScore, signed_distance
@@ -40,7 +41,7 @@ def test_smaller_budgets_from_scores_match_run_select(tmp_path, demo, tiny_model
     b.select()
     for method, seeds in (("random", [0, 1]), ("length", [0])):
         for seed in seeds:
-            for k in (3, 6):
+            for label, k in (("3", 3), ("25%", 6)):
                 ref = run_select(
                     SelectConfig(
                         pool=str(b.set_paths["pool"]),
@@ -54,7 +55,7 @@ def test_smaller_budgets_from_scores_match_run_select(tmp_path, demo, tiny_model
                         **FAST_SELECT,
                     )
                 )
-                assert b.selections[(method, k, seed)].rows == ref.selections[method]
+                assert b.selections[(method, label, seed)].rows == ref.selections[method]
     # only the largest budget was run through the pipeline
     assert sorted(p.name for p in (b.out / "select").iterdir()) == [
         "length__s0__k10",
@@ -77,8 +78,8 @@ def test_methods_with_their_own_selection_run_per_budget(tmp_path, demo, tiny_mo
     cfg = BenchConfig(**bench_dict(tmp_path, demo, tiny_model_dir, methods=["ifd"], budgets=[3, 6]))
     b = _prepared(cfg)
     b.select()
-    assert b.selections[("ifd", 3, 0)].rows == [23, 22, 21]
-    assert b.selections[("ifd", 6, 0)].rows == [23, 22, 21, 20, 19, 18]
+    assert b.selections[("ifd", "3", 0)].rows == [23, 22, 21]
+    assert b.selections[("ifd", "6", 0)].rows == [23, 22, 21, 20, 19, 18]
     assert sorted(p.name for p in (b.out / "select").iterdir()) == ["ifd__s0__k3", "ifd__s0__k6"]
 
 
@@ -161,13 +162,13 @@ def test_grid_end_to_end_resume_and_reevaluation(tmp_path, demo, tiny_model_dir,
     # a changed benchmark is re-evaluated on the kept adapters; the other benchmark and training are reused
     monkeypatch.undo()
     calls = []
-    real_eval = bench_mod._Bench.evaluate
+    real_eval = work._evaluate
 
-    def counting(self, b, lm, path):
+    def counting(ctx, b, lm, path):
         calls.append(b.name)
-        return real_eval(self, b, lm, path)
+        return real_eval(ctx, b, lm, path)
 
-    monkeypatch.setattr(bench_mod._Bench, "evaluate", counting)
+    monkeypatch.setattr(work, "_evaluate", counting)
     monkeypatch.setattr("gradsift.training.common.run_trainer", boom)
     raw2 = dict(raw, methods=["random", "length"], report=False)
     raw2["benchmarks"] = [raw["benchmarks"][0], {**raw["benchmarks"][1], "max_new_tokens": 3}]
@@ -202,7 +203,7 @@ def test_prepare_breaks_the_model_once_and_original_is_a_baseline(tmp_path, demo
         benchmarks=[{"name": "tl", "task": "target-loss", "data": "heldout", "max_length": 64}],
     )
     res = run_bench(BenchConfig(**raw))
-    merged = tmp_path / "work" / "prepare" / "model"
+    merged = tmp_path / "work" / "prepare" / "harmful_finetune" / "round-1" / "model"
     assert (merged / "config.json").exists() and (merged / "model.safetensors").exists()
     t = res.table.set_index("method")
     assert list(t.index) == ["base", "original", "random"]

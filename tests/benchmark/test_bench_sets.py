@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from benchkit import write_jsonl
 
-from gradsift.benchmark.config import DataSpec, Source
+from gradsift.benchmark.dataspec import DataSpec, Source
 from gradsift.benchmark.sets import build_set, read_set, record_row
 from gradsift.data.records import Example, Pair
 

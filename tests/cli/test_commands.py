@@ -159,11 +159,14 @@ def test_bench_flags_reach_the_config(tmp_path):
             str(tmp_path / "w"),
             "--device",
             "cpu",
+            "--workers",
+            "2",
             "--overwrite",
         ]
     )
     cfg = bench_config(args)
     assert cfg.budgets == ["40"] and cfg.methods == ["random"] and cfg.device == "cpu" and cfg.overwrite
+    assert cfg.workers == 2 and cfg.command is None  # pytest's own command line is not a bench command
     assert cfg.out == str(tmp_path / "w") and cfg.results is None
     with pytest.raises(ValueError, match="unknown method"):
         bench_config(parser().parse_args(["bench", str(path), "--methods", "nope"]))

@@ -181,3 +181,80 @@ def test_gradsift_feasibility_subset_and_extra():
         feasibility_table([extra, extra])
     with pytest.raises(ValueError):
         FeasibilityAttributes("x", -1, 1, True, False, False, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The feasibility table against what each recipe runs by default
+
+
+DPO_FAST = {"use_cpu": True, "per_device_train_batch_size": 4, "learning_rate": 5e-2, "save_strategy": "no"}
+
+
+@pytest.fixture(scope="module")
+def selection_inputs(tmp_path_factory):
+    """A tiny model, an SFT pool with targets, and preference pairs with validation pairs."""
+    import json
+
+    from testkit import make_tiny_model, make_tiny_tokenizer
+
+    from gradsift.data.demo import write_demo_data
+
+    d = tmp_path_factory.mktemp("feasibility")
+    tok = make_tiny_tokenizer()
+    make_tiny_model(len(tok)).save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    pool, targets = write_demo_data(d / "sft", n_pool=16, n_targets=3, seed=2)
+    pairs = [{"prompt": f"say {i}", "chosen": f"{i} ok", "rejected": f"no {i * 7}"} for i in range(12)]
+    (d / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[:8]))
+    (d / "val.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[8:]))
+    return {"model": d / "model", "pool": pool, "targets": targets, "pairs": d / "pairs.jsonl", "val": d / "val.jsonl"}
+
+
+def _trainings(inputs, method: str, tmp_path, monkeypatch, with_targets: bool = True) -> int:
+    """Training runs `gradsift select` starts for `method` with its default options on a fresh cache."""
+    import gradsift.training.common as common
+    from gradsift.pipeline import SelectConfig, run_select
+
+    started = []
+    real = common.run_trainer
+
+    def counting(trainer, out_dir, resume_from):
+        started.append(out_dir)
+        return real(trainer, out_dir, resume_from)
+
+    monkeypatch.setattr(common, "run_trainer", counting)
+    pair = method in ("tif", "lossdiff", "irm", "fusion")
+    options = {"dpo_config": DPO_FAST} if pair else {"dim": 64, "warmup_epochs": 1}
+    if pair and with_targets:
+        options["validation"] = str(inputs["val"])
+    run_select(
+        SelectConfig(
+            pool=str(inputs["pairs" if pair else "pool"]),
+            targets=str(inputs["targets"]) if with_targets and not pair else None,
+            out=str(tmp_path / f"{method}-{with_targets}"),
+            methods=[method],
+            kind="pair" if pair else "sft",
+            model=str(inputs["model"]),
+            device="cpu",
+            max_length=64,
+            batch_tokens=512,
+            options=options,
+        )
+    )
+    return len(started)
+
+
+@pytest.mark.parametrize("attrs", [a for a in GRADSIFT_METHODS if a.method != "full"], ids=lambda a: a.method)
+def test_feasibility_entries_match_what_runs_by_default(attrs, selection_inputs, tmp_path, monkeypatch):
+    """models_trained is the number of training runs a method starts by default (PRISM scores the model given;
+    LossDiff and fusion train the warm-up and theta_val; TIF and IRM only the warm-up), and needs_target_data
+    is whether it refuses to run without targets or validation pairs."""
+    import torch
+
+    torch.set_num_threads(1)
+    assert _trainings(selection_inputs, attrs.method, tmp_path, monkeypatch) == attrs.models_trained
+    if attrs.needs_target_data:
+        with pytest.raises(ValueError, match="targets|validation"):
+            _trainings(selection_inputs, attrs.method, tmp_path, monkeypatch, with_targets=False)
+    else:
+        _trainings(selection_inputs, attrs.method, tmp_path, monkeypatch, with_targets=False)

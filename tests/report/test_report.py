@@ -126,6 +126,30 @@ def synthetic(n_pool: int = 40) -> ReportData:
     ]
     shares, overlap = selection_summary(pool, selections)
     return ReportData(
+        comparisons=synthetic_comparisons(),
+        lr_search={
+            "grid": [1e-4, 3e-4],
+            "benchmark": "tl",
+            "data": "lr_val",
+            "metric": "mean_loss",
+            "higher_is_better": False,
+            "budgets": ["10%", "20%"],
+            "seed": 0,
+            "values": {
+                "0.0001": {"10%": 1.6, "20%": 1.5, "mean": 1.55},
+                "0.0003": {"10%": 1.4, "20%": 1.3, "mean": 1.35},
+            },
+            "chosen": 3e-4,
+        },
+        prepare={
+            "align": {
+                "rounds": 2,
+                "checks": [0.05, 0.6, 0.85],
+                "met": True,
+                "n_train": 40,
+                "until": {"metric": "refusal_rate", "at_least": 0.8, "at_most": None, "data": "check"},
+            }
+        },
         title="synthetic <scenario>",
         created="2026-01-02 03:04 UTC",
         machine={"processor": "Test CPU 9000", "gpu": "none (CPU only)", "cpus": "2", "gradsift": "0.1.0"},
@@ -144,6 +168,75 @@ def synthetic(n_pool: int = 40) -> ReportData:
         unavailable={"prism": "method 'prism' is not available in this version of gradsift"},
         notes=["gsm: no PIR ratio (full-data score 0)"],
     )
+
+
+def vs(diff, low, high, verdict):
+    return {"diff": diff, "ci95_low": low, "ci95_high": high, "verdict": verdict}
+
+
+def synthetic_comparisons() -> dict:
+    """Paired comparisons of target loss (lower is better): less beats random at 20%, length is worse."""
+    entry = {"n_seeds": 2, "select_wall_s": 0.4, "select_cpu_s": 0.3}
+    methods = {
+        "full": {"100%": {"mean": 1.2, "ci95_low": 1.1, "ci95_high": 1.3, "n_seeds": 1}},
+        "random": {b: {**entry, "mean": 1.5, "ci95_low": 1.4, "ci95_high": 1.6} for b in ("10%", "20%")},
+        "less": {
+            "10%": {
+                **entry,
+                "mean": 1.45,
+                "ci95_low": 1.3,
+                "ci95_high": 1.6,
+                "select_cpu_s": 812.5,
+                "select_wall_s": 901.0,
+                "vs_random": vs(-0.05, -0.12, 0.02, "no difference"),
+                "vs_full": vs(0.25, 0.2, 0.3, "worse"),
+                "vs_embed": vs(-0.01, -0.03, 0.01, "no difference"),
+            },
+            "20%": {
+                **entry,
+                "mean": 1.31,
+                "ci95_low": 1.25,
+                "ci95_high": 1.37,
+                "select_cpu_s": 812.5,
+                "select_wall_s": 901.0,
+                "vs_random": vs(-0.19, -0.25, -0.13, "better"),
+                "vs_full": vs(0.11, 0.05, 0.17, "worse"),
+            },
+        },
+        "length": {
+            "20%": {
+                **entry,
+                "mean": 1.62,
+                "ci95_low": 1.55,
+                "ci95_high": 1.7,
+                "vs_random": vs(0.12, 0.05, 0.2, "worse"),
+                "vs_full": vs(0.42, 0.3, 0.5, "worse"),
+            },
+        },
+    }
+    for b in ("10%", "20%"):
+        methods["random"][b]["vs_full"] = vs(0.3, 0.2, 0.4, "worse")
+    margin = {
+        "less": {
+            "20%": {
+                **entry,
+                "mean": 0.5,
+                "ci95_low": 0.1,
+                "ci95_high": 0.9,
+                "vs_random": vs(0.2, 0.05, 0.35, "better"),
+            }
+        }
+    }
+    return {
+        "tl": {
+            "task": "target_loss",
+            "metric": "mean_loss",
+            "higher_is_better": False,
+            "n_eval": 16,
+            "methods": methods,
+            "secondary": {"mean_margin": {"higher_is_better": True, "methods": margin}},
+        }
+    }
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +284,34 @@ def test_html_is_complete_self_contained_and_escaped(data, figures):
     assert "prism" in html and "not available" in html and "gsm: no PIR ratio" in html
 
 
+def test_paired_comparisons_verdicts_costs_learning_rate_and_prepare(data, figures):
+    html = render_html(data, figures)
+    md = render_markdown(data, {"cost_quality": "figures/cost_quality.png"})
+    for page in (html, md):
+        # "beats" only where the interval excludes 0 on the better side: less at 20%, not at 10%, not length
+        assert "tl (mean_loss): beat random at the same budget: less (20%)." in page
+        assert "tl (mean_loss): beat full data (same steps): none." in page
+        assert "-0.19 [-0.25, -0.13] better" in page and "+0.12 [+0.05, +0.2] worse" in page
+        assert "-0.05 [-0.12, +0.02]" in page and "-0.05 [-0.12, +0.02] better" not in page
+        assert "1.31 [1.25, 1.37]" in page and "812.5" in page and "901" in page  # quality beside its cost
+        assert "+0.2 [+0.05, +0.35] better" in page  # the secondary metric's own direction
+        assert "0.05 → 0.6 → 0.85" in page  # the prepare checks
+    assert "![Quality gain over random against selection cost](figures/cost_quality.png)" in md
+    assert "| 0.0003 | 1.4 | 1.3 | 1.35 |" in md
+    assert 'id="cost"' in html and "vs embed" in html
+
+
+def test_cost_quality_plots_the_gain_over_random_against_the_cost(data):
+    from gradsift.report.plots import cost_quality
+
+    assert cost_quality(data).startswith(PNG_MAGIC)
+    without_costs = synthetic()
+    for by_budget in without_costs.comparisons["tl"]["methods"].values():
+        for e in by_budget.values():
+            e.pop("select_wall_s", None)
+    assert cost_quality(without_costs) is None
+
+
 def test_top_and_bottom_examples_follow_the_scores(data):
     top, bottom = data.extremes("less", 5)
     scores = data.selections[0].scores
@@ -228,6 +349,7 @@ def test_nothing_to_plot_gives_no_figure_and_the_page_still_renders():
     empty.selections = []
     empty.task_shares, empty.overlap = selection_summary(empty.pool, [])
     empty.efficiency = []
+    empty.comparisons = {}
     empty.table = empty.table.iloc[0:0]
     figs = make_figures(empty)
     assert figs == {}

@@ -16,237 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gradsift.data.formats import FieldMap
-from gradsift.data.load import OnInvalid
+from gradsift.benchmark.dataspec import DataConfig, SetKind, Source, fields_of, from_mapping
+from gradsift.benchmark.metrics import METRIC_DIRECTIONS, PRIMARY_METRICS
+from gradsift.benchmark.prepare import EVAL_OWN, PrepareConfig, check_train
 from gradsift.evaluation.run import EvaluateConfig
 from gradsift.evaluation.tasks import TaskKind
 from gradsift.model.load import DType, ModelSettings
-from gradsift.recipes.options import check_options
+from gradsift.recipes.options import applicable, check_options
 from gradsift.report.data import BASELINES
 from gradsift.score.base import Method
 from gradsift.selection.budget import Budget
-from gradsift.settings import check_fields, check_keys, field_names, from_mapping, setting, settings_hash
-from gradsift.training.run import TrainConfig
-
-SetKind = Literal["sft", "pair", "prompts", "mc"]
-"""What a data set holds: examples, preference pairs, prompts only, or multiple-choice items."""
-
-PRIMARY_METRICS: dict[TaskKind, tuple[str, bool]] = {
-    TaskKind.GSM8K: ("exact_match", True),
-    TaskKind.BBH: ("exact_match", True),
-    TaskKind.MULTIPLE_CHOICE: ("accuracy", True),
-    TaskKind.REFUSAL: ("refusal_rate", True),
-    TaskKind.UTILITY: ("mean_loss", False),
-    TaskKind.PREFERENCE: ("accuracy", True),
-    TaskKind.TARGET_LOSS: ("mean_loss", False),
-}
-"""Default primary metric of each task kind and whether higher is better."""
-
-METRIC_DIRECTIONS = {
-    "exact_match": True,
-    "macro_exact_match": True,
-    "accuracy": True,
-    "refusal_rate": True,
-    "mean_reward_margin": True,
-    "mean_margin": True,
-    "mean_loss": False,
-    "token_mean_loss": False,
-}
-"""Whether higher is better, for the task metrics a benchmark may choose as its primary one."""
-
-# Fields of the stage configs that a bench sets itself, per cell or from its top level.
-_TRAIN_OWN = {"data", "out", "kind", "model", "dtype", "device", "resume", "overwrite", "progress"}
-_EVAL_OWN = {"task", "data", "out", "model", "adapter", "dtype", "device", "progress"}
-_SELECT_OWN = {"pool", "out", "targets", "methods", "budget", "kind", "model", "dtype", "device", "seed"}
-_SELECT_OWN |= {"cache_dir", "overwrite", "pool_format", "targets_format", "pool_limit", "targets_limit"}
-_SELECT_OWN |= {"on_invalid"}
-
-
-def _fields(cls: type) -> set[str]:
-    return set(field_names(cls))
-
-
-def _from_dict(cls: type, values: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, naming an unknown key (with the closest valid one) and the config
-    section it is in."""
-    return from_mapping(cls, values, where)
-
-
-@dataclass
-class Source:
-    """One data file contributing records to a set.
-
-    Attributes:
-        path: File, saved dataset directory or ``hf:name`` (relative paths: from the config file's folder).
-        name: Label of the source: prefix of its record ids (``name/id``) and its ``origin``; default the file
-            name without suffixes.
-        fmt: Force the record format (see `gradsift.data.formats.Format`).
-        split: Part of a source with named parts.
-        fields: Column names that differ from the format's defaults (`gradsift.data.formats.FieldMap`).
-        task: Task label for every record (default: the record's own label; FLAN files: their file name).
-        offset: Records skipped first (after `max_chars`), so two sets can take disjoint parts of one file.
-        limit: Records taken (0: all), after `max_chars` and `offset`.
-        take: ``random`` (a seeded sample; the bench's ``data_seed``) or ``first`` records.
-        response: SFT sets only: ``rejected`` trains on a pair's rejected response (e.g. harmful completions);
-            default ``chosen``.
-        max_chars: Leave out records whose text (prompt and responses) is longer than this (0: no limit); keeps
-            CPU runs short.
-        prompt_field: Prompt sets: the prompt column when none of the usual names.
-        on_invalid: ``raise`` at the first malformed record or ``skip`` them (public pools have a few).
-    """
-
-    path: str
-    name: str | None = None
-    fmt: str | None = None
-    split: str | None = None
-    fields: dict[str, str] | None = None
-    task: str | None = None
-    offset: int = 0
-    limit: int = 0
-    take: Literal["random", "first"] = "random"
-    response: Literal["chosen", "rejected"] = "chosen"
-    max_chars: int = 0
-    prompt_field: str | None = None
-    on_invalid: OnInvalid = "raise"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path:
-            raise ValueError("a source needs a path")
-        if self.name is None:
-            base = Path(self.path).name
-            for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"):
-                base = base.removesuffix(suffix)
-            self.name = base or self.path
-        if "/" in self.name:
-            raise ValueError(f"source name {self.name!r} must not contain '/' (it prefixes record ids)")
-        if self.limit < 0 or self.max_chars < 0 or self.offset < 0:
-            raise ValueError(f"source {self.name}: offset, limit and max_chars must be >= 0 (0: none)")
-        if self.take not in ("random", "first"):
-            raise ValueError(f"source {self.name}: take must be 'random' or 'first', got {self.take!r}")
-        if self.response not in ("chosen", "rejected"):
-            raise ValueError(f"source {self.name}: response must be 'chosen' or 'rejected', got {self.response!r}")
-        if self.on_invalid not in ("raise", "skip"):
-            raise ValueError(f"source {self.name}: on_invalid must be 'raise' or 'skip', got {self.on_invalid!r}")
-        self.field_map()
-
-    def field_map(self) -> FieldMap | None:
-        return FieldMap(**self.fields) if self.fields else None
-
-
-@dataclass
-class DataSpec:
-    """A set of records mixed from sources.
-
-    Attributes:
-        sources: Where the records come from.
-        kind: ``sft`` (examples), ``pair`` (preference pairs), ``prompts`` (prompts only, e.g. harmful
-            requests) or ``mc`` (multiple-choice items).
-        shuffle: Shuffle the mixed records (seeded), so limits and the held-out split cut across sources.
-        limit: Records kept after mixing (0: all).
-        holdout: Targets only: this many records (taken from the end, after the shuffle) form the ``heldout``
-            set for evaluation and are not given to the selectors.
-    """
-
-    sources: list[Source]
-    kind: SetKind = "sft"
-    shuffle: bool = True
-    limit: int = 0
-    holdout: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.sources, list) or not self.sources:
-            raise ValueError("a data set needs at least one source")
-        self.sources = [s if isinstance(s, Source) else _from_dict(Source, s, "source") for s in self.sources]
-        names = [s.name for s in self.sources]
-        if len(set(names)) != len(names):
-            raise ValueError(f"source names repeat ({names}); give each source a distinct name")
-        if self.kind not in ("sft", "pair", "prompts", "mc"):
-            raise ValueError(f"data set kind must be sft, pair, prompts or mc, got {self.kind!r}")
-        if self.limit < 0 or self.holdout < 0:
-            raise ValueError("limit and holdout must be >= 0")
-        for s in self.sources:
-            if s.response == "rejected" and self.kind != "sft":
-                raise ValueError(f"source {s.name}: response 'rejected' applies to sft sets, not {self.kind}")
-
-
-@dataclass
-class DataConfig:
-    """The bench's data.
-
-    Attributes:
-        pool: The candidate pool (kind ``sft`` or ``pair``, as the bench's `kind`).
-        targets: Target examples given to target-aware selectors; `holdout` of them are kept for evaluation.
-        sets: Further named sets for the benchmarks.
-    """
-
-    pool: DataSpec
-    targets: DataSpec | None = None
-    sets: dict[str, DataSpec] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.pool, dict):
-            self.pool = _from_dict(DataSpec, self.pool, "data.pool")
-        if isinstance(self.targets, dict):
-            self.targets = _from_dict(DataSpec, self.targets, "data.targets")
-        if not isinstance(self.sets, dict):
-            raise ValueError("data.sets must map set names to data sets")
-        self.sets = {
-            str(k): v if isinstance(v, DataSpec) else _from_dict(DataSpec, v, f"data.sets.{k}")
-            for k, v in self.sets.items()
-        }
-        reserved = {"pool", "targets", "heldout"} & set(self.sets)
-        if reserved:
-            raise ValueError(f"data.sets may not be named {sorted(reserved)}: those names are the bench's own")
-        if self.pool.holdout:
-            raise ValueError("data.pool.holdout: only the targets have a held-out part")
-        for name, spec in self.sets.items():
-            if spec.holdout:
-                raise ValueError(f"data.sets.{name}.holdout: only the targets have a held-out part")
-
-    def names(self) -> dict[str, SetKind]:
-        """Every set name a benchmark may use, with its kind."""
-        out: dict[str, SetKind] = {"pool": self.pool.kind}
-        if self.targets is not None:
-            out["targets"] = self.targets.kind
-            if self.targets.holdout:
-                out["heldout"] = self.targets.kind
-        out.update({k: v.kind for k, v in self.sets.items()})
-        return out
-
-
-@dataclass
-class HarmfulFinetune:
-    """A short fine-tune on harmful completions, merged into the model before anything else.
-
-    Attributes:
-        data: The harmful examples (an sft set; e.g. HH-RLHF pairs with ``response: rejected``).
-        train: `TrainConfig` fields for this fine-tune (epochs, lr, lora_rank, max_steps, ...).
-    """
-
-    data: DataSpec
-    train: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.data, dict):
-            self.data = _from_dict(DataSpec, self.data, "prepare.harmful_finetune.data")
-        if self.data.kind != "sft":
-            raise ValueError("prepare.harmful_finetune.data must be an sft set")
-        _check_train(self.train, "sft", "prepare.harmful_finetune.train")
-
-
-@dataclass
-class PrepareConfig:
-    """Steps run once before selection.
-
-    Attributes:
-        harmful_finetune: Break the model's refusals first (see `HarmfulFinetune`).
-    """
-
-    harmful_finetune: HarmfulFinetune | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.harmful_finetune, dict):
-            self.harmful_finetune = _from_dict(HarmfulFinetune, self.harmful_finetune, "prepare.harmful_finetune")
+from gradsift.settings import check_keys, setting, settings_hash
 
 
 @dataclass
@@ -274,7 +54,7 @@ class BenchmarkSpec:
     def __post_init__(self) -> None:
         if not self.name or "." in self.name or "/" in self.name:
             raise ValueError(f"benchmark name {self.name!r} must be non-empty without '.' or '/'")
-        own = sorted(set(self.settings) & _EVAL_OWN)
+        own = sorted(set(self.settings) & EVAL_OWN)
         if own:
             raise ValueError(f"benchmark {self.name}: the bench sets {own} itself")
         cfg = self.eval_config(data="-", out=None)
@@ -297,9 +77,9 @@ class BenchmarkSpec:
         if not isinstance(values, dict):
             raise ValueError(f"a benchmark is a mapping, got {values!r}")
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
-        own = {k: values.pop(k) for k in list(values) if k in _fields(cls) and k != "settings"}
+        own = {k: values.pop(k) for k in list(values) if k in fields_of(cls) and k != "settings"}
         settings = {**values.pop("settings", {}), **values}
-        check_keys(settings, _fields(EvaluateConfig) | _fields(cls), f"benchmark {own.get('name')}")
+        check_keys(settings, fields_of(EvaluateConfig) | fields_of(cls), f"benchmark {own.get('name')}")
         for key in ("name", "task", "data"):
             if key not in own:
                 raise ValueError(f"benchmark {own.get('name', values)}: missing {key!r}")
@@ -322,14 +102,67 @@ class BenchmarkSpec:
         return settings_hash(payload, 12)
 
 
-def _check_train(values: Any, kind: str, where: str) -> None:
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping of training settings")
-    own = sorted(set(values) & _TRAIN_OWN)
-    if own:
-        raise ValueError(f"{where}: the bench sets {own} itself")
-    check_keys(values, _fields(TrainConfig) - _TRAIN_OWN, where)
-    TrainConfig(data="-", out="-", kind=kind, **values)  # type: ignore[arg-type]
+BAND = "band"
+"""The budget of the band methods: each keeps its whole band, the other methods the band size of
+`BenchConfig.band_size_of`."""
+
+BAND_METHODS = frozenset({"tif", "lossdiff", "irm", "fusion"})
+"""Methods whose own selection rule keeps a middle percentile band (methods.md section 3)."""
+
+SELECT_OWN = {"pool", "out", "targets", "methods", "budget", "kind", "model", "dtype", "device", "seed"}
+SELECT_OWN |= {"cache_dir", "overwrite", "pool_format", "targets_format", "pool_limit", "targets_limit"}
+SELECT_OWN |= {"on_invalid"}
+"""`SelectConfig` fields a bench sets itself."""
+
+
+@dataclass
+class Variant:
+    """A method run with its own options, under its own name (e.g. an ablation).
+
+    Attributes:
+        method: The method it runs (a `gradsift.score.base.Method` value).
+        options: Method options merged over the bench's ``select.options``.
+    """
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.method = Method.parse_list([self.method])[0].value
+        if not isinstance(self.options, dict):
+            raise ValueError(f"variant of {self.method}: options must be a mapping")
+
+
+@dataclass
+class LrSearch:
+    """Choose the learning rate once, on random selections, before the grid.
+
+    Every budget's random selection (first seed) is trained with each learning rate of `grid` and scored on
+    one benchmark; the learning rate with the best mean over budgets trains every cell of the grid.
+
+    Attributes:
+        grid: Learning rates to try.
+        benchmark: The benchmark that decides (its metric and direction; default the first).
+        data: Score it on this set instead of the benchmark's own (a set held out from the benchmarks, so the
+            choice does not see the evaluation examples).
+        limit: Records of that set scored (0: all).
+    """
+
+    grid: list[float]
+    benchmark: str | None = None
+    data: str | None = None
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, list) or len(self.grid) < 2:
+            raise ValueError("lr_search.grid: give at least two learning rates, e.g. [1.0e-4, 3.0e-4, 1.0e-3]")
+        if any(isinstance(x, bool) or not isinstance(x, int | float) or not x > 0 for x in self.grid):
+            raise ValueError(f"lr_search.grid: learning rates must be positive numbers, got {self.grid}")
+        self.grid = [float(x) for x in self.grid]
+        if len(set(self.grid)) != len(self.grid):
+            raise ValueError(f"lr_search.grid repeats a learning rate: {self.grid}")
+        if self.limit < 0:
+            raise ValueError("lr_search.limit must be >= 0 (0: all)")
 
 
 @dataclass
@@ -344,21 +177,37 @@ class BenchConfig:
         model: ``builtin``, a local directory, a ``.gguf`` file or a hub id.
         dtype: Model dtype.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        methods: Selection methods (`gradsift.score.base.Method` values); ``random`` is needed for the default
-            efficiency reference line.
-        budgets: Budgets (counts, fractions or percentages of the pool).
-        seeds: Seeds of the grid.
-        seeded_methods: Methods run with every seed; the others run with the first seed only.
-        baselines: Subset of ``full`` (train on the whole pool), ``base`` (no training) and ``original``
-            (the model before `prepare`; needs a prepare step).
+        methods: Selection methods (`gradsift.score.base.Method` values or names in `variants`); ``random`` is
+            the reference of the paired comparisons and of the efficiency line.
+        budgets: Budgets (counts, fractions or percentages of the pool), or ``band``: band methods keep their
+            whole band and every other method the band size of `band_size_of`.
+        seeds: Training seeds: every method is trained once per seed.
+        seeded_methods: Methods whose selection also takes the seed (each seed its own selection); the others
+            select once, with the first seed.
+        baselines: Subset of ``full`` (train on the whole pool for the steps of a cell), ``full-epoch`` (one
+            epoch of the whole pool), ``base`` (no training), ``original`` (the model before `prepare`) and
+            ``aligned`` (after the prepare step ``align``).
+        band_size_of: The band method whose selection size the other methods take at budget ``band`` (default
+            ``fusion`` when run, else the first band method).
+        variants: Named method variants (`Variant`) that `methods` may list.
         data_seed: Seed of the data mixing (samples, shuffles, held-out split).
         data: The pool, targets and evaluation sets.
         prepare: Steps run once before selection.
         select: `gradsift.pipeline.SelectConfig` fields for every selection (max_length, batch_tokens,
             options, ...).
-        train: `gradsift.training.run.TrainConfig` fields for every fine-tune (epochs, lr, batch_size, ...).
+        select_cache: ``method``: each method selects with its own cache, so its cost (CPU and wall seconds)
+            counts every step it needs; ``shared``: one cache, faster, but a step computed for one method is
+            free for the next (LESS's features for BIDS).
+        train: `gradsift.training.run.TrainConfig` fields for every fine-tune; ``max_steps`` gives every cell
+            the same number of optimizer steps.
+        lr_search: Choose the learning rate on random selections first (`LrSearch`).
         benchmarks: What every trained model is scored on.
         references: The two methods whose (SDF, PIR) points define the efficiency line.
+        bootstrap: Bootstrap replicates of the paired comparisons.
+        stats_seed: Seed of the bootstrap draws.
+        workers: Processes that run selections and cells side by side (each with an equal share of the CPU
+            threads).
+        command: The command that started the run (for ``RUN.md``; the CLI sets it).
         overwrite: Replace a run with other settings in `out`.
         progress: Progress bars of evaluation (training always shows one; the bench prints a line per cell).
         report: Write the HTML and Markdown report (figures take a few seconds); the tables are always written.
@@ -379,43 +228,129 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     seeded_methods: list[str] = field(default_factory=lambda: ["random"])
     baselines: list[str] = field(default_factory=lambda: ["full", "base"])
+    band_size_of: str | None = None
+    variants: dict[str, Variant] = field(default_factory=dict)
     data_seed: int = 0
     prepare: PrepareConfig | None = None
     select: dict[str, Any] = field(default_factory=dict)
+    select_cache: Literal["method", "shared"] = "method"
     train: dict[str, Any] = field(default_factory=dict)
+    lr_search: LrSearch | None = None
     references: list[str] = field(default_factory=lambda: ["random", "full"])
+    bootstrap: int = 2000
+    stats_seed: int = 0
+    workers: int = setting(
+        1, help="processes that run selections and cells side by side, each with an equal share of the CPU threads"
+    )
+    command: str | None = None
     overwrite: bool = setting(False, help="replace a run made with other settings")
     progress: bool = setting(False, help="progress bars of every stage")
     report: bool = True
 
     def __post_init__(self) -> None:
-        check_fields(self)
         if isinstance(self.data, dict):
-            self.data = _from_dict(DataConfig, self.data, "data")
+            self.data = from_mapping(DataConfig, self.data, "data")
         if isinstance(self.prepare, dict):
-            self.prepare = _from_dict(PrepareConfig, self.prepare, "prepare")
+            self.prepare = from_mapping(PrepareConfig, self.prepare, "prepare")
+        if isinstance(self.lr_search, dict):
+            self.lr_search = from_mapping(LrSearch, self.lr_search, "lr_search")
         if self.kind not in ("sft", "pair"):
             raise ValueError(f"kind must be 'sft' or 'pair', got {self.kind!r}")
-        self.methods = [m.value for m in Method.parse_list(self.methods)]
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods repeat: {self.methods}")
-        if not isinstance(self.budgets, list) or not self.budgets:
-            raise ValueError("budgets must be a non-empty list such as ['5%', '10%'] or [25, 50]")
-        self.budgets = [str(b) for b in self.budgets]
-        for budget in self.budgets:
-            Budget.parse(budget)
+        self._check_methods()
+        self._check_budgets()
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
-        self.seeded_methods = [m.value for m in Method.parse_list(self.seeded_methods)] if self.seeded_methods else []
-        bad = sorted(set(self.baselines) - set(BASELINES))
-        if bad:
-            raise ValueError(f"unknown baseline(s) {bad}; choose from {', '.join(BASELINES)}")
-        if "original" in self.baselines and (self.prepare is None or self.prepare.harmful_finetune is None):
-            raise ValueError("the 'original' baseline is the model before a prepare step, and there is none")
+        self.seeded_methods = [self._method_name(m, "seeded_methods") for m in self.seeded_methods or []]
+        self._check_baselines()
         if self.data.pool.kind != self.kind:
             raise ValueError(f"data.pool.kind is {self.data.pool.kind!r} but the bench's kind is {self.kind!r}")
         if self.data.targets is not None and self.data.targets.kind not in ("sft", "pair"):
             raise ValueError("data.targets must be an sft or pair set (targets have reference answers)")
+        self._check_benchmarks()
+        if len(self.references) != 2 or len(set(self.references)) != 2:
+            raise ValueError(f"references must name two different methods, got {self.references}")
+        own = sorted(set(self.select) & SELECT_OWN)
+        if own:
+            raise ValueError(f"select: the bench sets {own} itself")
+        from gradsift.pipeline import SelectConfig
+
+        check_keys(self.select, fields_of(SelectConfig) - SELECT_OWN, "select")
+        options = self.select.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"select.options must be a mapping of method options, got {options!r}")
+        try:
+            base = [self.variants[m].method if m in self.variants else m for m in self.methods]
+            check_options([m for m in base if m not in BASELINES], options, self.kind)
+        except ValueError as e:
+            raise ValueError(f"select.options: {e}") from None
+        if self.select_cache not in ("method", "shared"):
+            raise ValueError(f"select_cache must be 'method' or 'shared', got {self.select_cache!r}")
+        check_train(self.train, self.kind, "train")
+        self._check_lr_search()
+        for name, value in (("bootstrap", self.bootstrap), ("workers", self.workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
+
+    def _method_name(self, name: Any, where: str) -> str:
+        """A method or variant name, with a clear error naming the closest valid ones."""
+        if isinstance(name, str) and name in self.variants:
+            return name
+        try:
+            return Method.parse_list([str(name)])[0].value
+        except ValueError as e:
+            known = f"; variants: {', '.join(self.variants)}" if self.variants else ""
+            raise ValueError(f"{where}: {e}{known}") from None
+
+    def _check_methods(self) -> None:
+        if not isinstance(self.variants, dict):
+            raise ValueError("variants must map names to {method, options}")
+        variants = {}
+        for name, v in self.variants.items():
+            if not isinstance(name, str) or not name or any(c in name for c in "/.") or "__" in name:
+                raise ValueError(f"variant name {name!r} must be non-empty without '/', '.' or '__'")
+            if name in {m.value for m in Method} or name in BASELINES:
+                raise ValueError(f"variant name {name!r} is already a method or baseline name; choose another")
+            variants[name] = v if isinstance(v, Variant) else from_mapping(Variant, v, f"variants.{name}")
+        self.variants = variants
+        if not isinstance(self.methods, list) or not self.methods:
+            raise ValueError("methods must be a non-empty list such as [random, less]")
+        self.methods = [self._method_name(m, "methods") for m in self.methods]
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods repeat: {self.methods}")
+
+    def _check_budgets(self) -> None:
+        if not isinstance(self.budgets, list) or not self.budgets:
+            raise ValueError("budgets must be a non-empty list such as ['5%', '10%'], [25, 50] or [band]")
+        self.budgets = [str(b) for b in self.budgets]
+        for budget in self.budgets:
+            if budget != BAND:
+                Budget.parse(budget)
+        band_methods = [m for m in self.methods if self.base_method(m) in BAND_METHODS]
+        if BAND not in self.budgets:
+            if self.band_size_of is not None:
+                raise ValueError("band_size_of applies to the budget 'band', which budgets does not list")
+            return
+        if not band_methods:
+            raise ValueError(f"budget 'band' needs a band method ({', '.join(sorted(BAND_METHODS))}) in methods")
+        if self.band_size_of is None:
+            self.band_size_of = "fusion" if "fusion" in band_methods else band_methods[0]
+        elif self.band_size_of not in band_methods:
+            raise ValueError(f"band_size_of {self.band_size_of!r} must be one of the band methods run: {band_methods}")
+
+    def _check_baselines(self) -> None:
+        bad = sorted(set(self.baselines) - set(BASELINES))
+        if bad:
+            raise ValueError(f"unknown baseline(s) {bad}; choose from {', '.join(BASELINES)}")
+        steps = dict(self.prepare.steps()) if self.prepare else {}
+        if "original" in self.baselines and not steps:
+            raise ValueError("the 'original' baseline is the model before a prepare step, and there is none")
+        if "aligned" in self.baselines and "align" not in steps:
+            raise ValueError("the 'aligned' baseline is the model after the prepare step 'align', and there is none")
+        if "full-epoch" in self.baselines and int(self.train.get("max_steps", -1)) < 1:
+            raise ValueError("the 'full-epoch' baseline differs from 'full' only when train.max_steps is set")
+
+    def _check_benchmarks(self) -> None:
         self.benchmarks = [b if isinstance(b, BenchmarkSpec) else BenchmarkSpec.from_dict(b) for b in self.benchmarks]
         if not self.benchmarks:
             raise ValueError("at least one benchmark is needed")
@@ -427,23 +362,58 @@ class BenchConfig:
             if b.data not in sets:
                 raise ValueError(f"benchmark {b.name}: no data set {b.data!r}; sets: {', '.join(sorted(sets))}")
             _check_set_kind(b, sets[b.data])
-        if len(self.references) != 2 or len(set(self.references)) != 2:
-            raise ValueError(f"references must name two different methods, got {self.references}")
-        own = sorted(set(self.select) & _SELECT_OWN)
-        if own:
-            raise ValueError(f"select: the bench sets {own} itself")
-        from gradsift.pipeline import SelectConfig
+        for name, step in self.prepare.steps() if self.prepare else []:
+            if step.until is not None and step.until.data not in self.data.sets:
+                raise ValueError(
+                    f"prepare.{name}.until.data: no set {step.until.data!r} in data.sets "
+                    f"({', '.join(sorted(self.data.sets)) or 'none'})"
+                )
 
-        check_keys(self.select, _fields(SelectConfig) - _SELECT_OWN, "select")
-        options = self.select.get("options") or {}
-        if not isinstance(options, dict):
-            raise ValueError(f"select.options must be a mapping of method options, got {options!r}")
-        try:
-            check_options(self.methods, options, self.kind)
-        except ValueError as e:
-            raise ValueError(f"select.options: {e}") from None
-        _check_train(self.train, self.kind, "train")
-        ModelSettings(model=self.model, dtype=self.dtype, device=self.device)
+    def _check_lr_search(self) -> None:
+        if self.lr_search is None:
+            return
+        if "lr" in self.train:
+            raise ValueError("train.lr is what lr_search chooses: drop one of them")
+        if "random" not in self.methods:
+            raise ValueError("lr_search trains on random selections: add random to methods")
+        names = [b.name for b in self.benchmarks]
+        if self.lr_search.benchmark is None:
+            self.lr_search.benchmark = names[0]
+        elif self.lr_search.benchmark not in names:
+            raise ValueError(f"lr_search.benchmark {self.lr_search.benchmark!r} is not a benchmark ({names})")
+        spec = self.lr_benchmark()
+        if spec is not None:
+            sets = self.data.names()
+            if spec.data not in sets:
+                raise ValueError(f"lr_search.data: no data set {spec.data!r}; sets: {', '.join(sorted(sets))}")
+            _check_set_kind(spec, sets[spec.data])
+
+    def lr_benchmark(self) -> BenchmarkSpec | None:
+        """The benchmark that decides the learning rate, on its own set (named ``lr_<benchmark>``)."""
+        if self.lr_search is None:
+            return None
+        b = next(x for x in self.benchmarks if x.name == self.lr_search.benchmark)
+        return BenchmarkSpec(
+            name=f"lr_{b.name}",
+            task=b.task,
+            data=self.lr_search.data or b.data,
+            metric=b.metric,
+            higher_is_better=b.higher_is_better,
+            limit=self.lr_search.limit or b.limit,
+            settings=dict(b.settings),
+        )
+
+    def base_method(self, name: str) -> str:
+        """The method a method or variant name runs."""
+        return self.variants[name].method if name in self.variants else name
+
+    def method_options(self, name: str) -> dict[str, Any]:
+        """The selection options of a method or variant: ``select.options`` with the variant's over them."""
+        base = dict(self.select.get("options", {}) or {})
+        merged = {**base, **self.variants[name].options} if name in self.variants else base
+        method = self.variants[name].method if name in self.variants else name
+        # the config's options serve every method: each selection gets those its method reads
+        return applicable([method], merged)
 
     @classmethod
     def from_yaml(
@@ -496,7 +466,7 @@ class BenchConfig:
         for key in ("out", "data", "benchmarks", "methods", "budgets"):
             if key not in raw:
                 raise ValueError(f"{p}: missing {key!r}")
-        return _from_dict(cls, raw, str(p))
+        return from_mapping(cls, raw, str(p))
 
     def model_settings(self, model: str | None = None) -> ModelSettings:
         return ModelSettings(model=model or self.model, dtype=self.dtype, device=self.device)
@@ -516,6 +486,7 @@ class BenchConfig:
                     "data": asdict(self.data),
                     "prepare": asdict(self.prepare) if self.prepare else None,
                     "select": self.select,
+                    "variants": {k: asdict(v) for k, v in self.variants.items()},
                     "train": self.train,
                 },
                 default=str,
@@ -590,11 +561,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         fix_spec(data.get("targets"))
         for spec in (data.get("sets") or {}).values():
             fix_spec(spec)
-    harmful = (
-        ((raw.get("prepare") or {}).get("harmful_finetune") or {}) if isinstance(raw.get("prepare"), dict) else {}
-    )
-    if isinstance(harmful, dict):
-        fix_spec(harmful.get("data"))
+    prepare = raw.get("prepare")
+    for step in (prepare or {}).values() if isinstance(prepare, dict) else []:
+        if isinstance(step, dict):
+            fix_spec(step.get("data"))
     for b in raw.get("benchmarks", []) or []:
         if isinstance(b, dict) and isinstance(b.get("fewshot"), str):
             b["fewshot"] = fix(b["fewshot"])

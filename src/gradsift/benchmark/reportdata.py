@@ -73,10 +73,13 @@ def collect_report_data(
     *,
     sets: Mapping[str, Sequence[Record]],
     budgets: Sequence[tuple[str, int]],
-    selections: Mapping[tuple[str, int, int], MethodSelection],
+    selections: Mapping[tuple[str, str, int], MethodSelection],
     table: Any,
+    comparisons: dict[str, Any],
     efficiency: list[dict[str, Any]],
     feasibility: list[dict[str, Any]],
+    lr_search: dict[str, Any] | None,
+    prepare: dict[str, Any],
     unavailable: Mapping[str, str],
     notes: Sequence[str],
 ) -> ReportData:
@@ -85,18 +88,21 @@ def collect_report_data(
     Args:
         cfg: The bench's config.
         sets: The run's data sets by name (``pool``, ``targets``, ``heldout`` and the named sets).
-        budgets: The budgets as ``(spec, count)``, smallest first.
-        selections: Every selection by ``(method, count, seed)``; the report shows those of the largest budget
-            and the first seed.
+        budgets: The budgets as ``(label, count)``; the report shows the selections of the largest count.
+        selections: Every selection by ``(method, budget label, selection seed)``; the report shows those of
+            the largest budget and the first seed.
         table: The results table (`gradsift.benchmark.run.BenchResult.table`).
+        comparisons: Paired comparisons per benchmark (`gradsift.benchmark.tables.comparisons`).
         efficiency: Efficiency rows.
         feasibility: Feasibility rows.
+        lr_search: The learning-rate search, or None.
+        prepare: The prepare steps' records.
         unavailable: Methods skipped, with the reason.
         notes: Caveats found while computing the metrics.
     """
-    k_max = budgets[-1][1]
     seed0 = cfg.seeds[0]
-    shown = [s for (_, k, seed), s in selections.items() if k == k_max and seed == seed0]
+    top = max(budgets, key=lambda b: b[1])[0] if budgets else None
+    shown = [s for (_, label, seed), s in selections.items() if label == top and seed == seed0]
     n_pool = len(sets["pool"])
     infos = []
     for b in cfg.benchmarks:
@@ -104,16 +110,25 @@ def collect_report_data(
         infos.append(
             BenchmarkInfo(b.name, b.kind.value, b.metric or "", bool(b.higher_is_better), min(n, b.limit or n))
         )
+    train = dict(cfg.train)
+    if lr_search is not None:
+        train["lr"] = f"{lr_search['chosen']:g} (chosen from {', '.join(f'{x:g}' for x in lr_search['grid'])})"
+    seeded = ", ".join(cfg.seeded_methods) or "none"
     settings = {
-        "model": cfg.model if cfg.prepare is None else f"{cfg.model} after the prepare step",
+        "model": cfg.model if cfg.prepare is None else f"{cfg.model} after the prepare steps",
         "kind": cfg.kind,
         "pool": n_pool,
         "targets": len(sets.get("targets", [])),
         "held-out targets": len(sets.get("heldout", [])),
         "budgets": ", ".join(f"{b} ({k})" for b, k in budgets),
-        "seeds": ", ".join(map(str, cfg.seeds)) + f" (seeded: {', '.join(cfg.seeded_methods) or 'none'})",
+        "seeds": ", ".join(map(str, cfg.seeds)) + f" (every method trains with each; selection seeded: {seeded})",
         "methods": ", ".join(cfg.methods),
-        "training": json.dumps(cfg.train, sort_keys=True) if cfg.train else "defaults",
+        "variants": ", ".join(f"{k}: {v.method} {json.dumps(v.options)}" for k, v in cfg.variants.items()) or "none",
+        "training": json.dumps(train, sort_keys=True) if train else "defaults",
+        "selection cache": "one per method (costs are standalone)"
+        if cfg.select_cache == "method"
+        else "shared (a step reused from another method costs nothing)",
+        "bootstrap": f"{cfg.bootstrap} replicates over examples and seeds (seed {cfg.stats_seed})",
         "references": " and ".join(cfg.references),
     }
     pool = [pool_item(r) for r in sets["pool"]]
@@ -134,7 +149,70 @@ def collect_report_data(
         unavailable=dict(unavailable),
         notes=list(notes),
         references=(cfg.references[0], cfg.references[1]),
+        comparisons=comparisons,
+        lr_search=lr_search,
+        prepare=dict(prepare),
     )
+
+
+def write_run_md(path: Path, data: ReportData, sittings: Sequence[dict[str, Any]]) -> None:
+    """``RUN.md``: how the results were made: command, machine, each sitting's dates, wall and CPU time,
+    the learning-rate search and the prepare checks."""
+    m = data.machine
+    wall = sum(float(s["wall_s"]) for s in sittings)
+    cpu = sum(float(s["cpu_s"]) for s in sittings)
+    commands = list(dict.fromkeys(str(s.get("command") or "gradsift.bench(config) from Python") for s in sittings))
+    lines = [
+        f"# How this run was made: {data.title}",
+        "",
+        "- Command: " + "; then ".join(f"`{c}`" for c in commands),
+        f"- Machine: {m.get('processor', '?')}, {m.get('cpus', '?')} CPUs, {m.get('memory', '?')}, "
+        f"GPU: {m.get('gpu', '?')}; torch {m.get('torch', '?')}, gradsift {m.get('gradsift', '?')}.",
+        f"- Dates: {sittings[0]['start']} to {sittings[-1]['end']} ({len(sittings)} sitting(s)).",
+        f"- Wall time {wall / 60:.1f} min, CPU time {cpu / 60:.1f} min (this process and its workers; a sitting "
+        "that only read back finished cells is short).",
+        "",
+        "| start | end | wall min | CPU min | workers |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *(
+            f"| {s['start']} | {s['end']} | {s['wall_s'] / 60:.1f} | {s['cpu_s'] / 60:.1f} | {s['workers']} |"
+            for s in sittings
+        ),
+    ]
+    lr = data.lr_search
+    if lr is not None:
+        better = "higher" if lr["higher_is_better"] else "lower"
+        lines += [
+            "",
+            f"## Learning rate: {lr['chosen']:g}",
+            "",
+            f"Chosen once on random selections (seed {lr['seed']}) at the budgets {', '.join(lr['budgets'])}: "
+            f"{lr['metric']} of benchmark {lr['benchmark']} on set {lr['data']} ({better} is better), mean over "
+            "budgets.",
+            "",
+            "| lr | " + " | ".join(lr["budgets"]) + " | mean |",
+            "| ---: | " + " | ".join("---:" for _ in lr["budgets"]) + " | ---: |",
+            *(
+                f"| {rate} | " + " | ".join(f"{v[b]:.4g}" for b in lr["budgets"]) + f" | {v['mean']:.4g} |"
+                for rate, v in lr["values"].items()
+            ),
+        ]
+    for name, step in data.prepare.items():
+        until = step.get("until")
+        lines += [
+            "",
+            f"## Prepare step {name}",
+            "",
+            f"- {step['n_train']} training examples, {step['rounds']} round(s).",
+        ]
+        if until is not None:
+            checks = ", ".join(f"{v:.3f}" for v in step["checks"])
+            bound = f"{'>=' if until['at_least'] is not None else '<='} {until['at_least'] or until['at_most']}"
+            lines.append(
+                f"- {until['metric']} on set {until['data']} before and after each round: {checks} "
+                f"(target {bound}: {'reached' if step['met'] else 'NOT reached'})."
+            )
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_report(data: ReportData, results: Path) -> None:

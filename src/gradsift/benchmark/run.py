@@ -1,74 +1,79 @@
-"""`bench`: compare selectors on one pool and one target set (methods x budgets x seeds), with the survey's
-efficiency and feasibility metrics (methods.md section 5) and a report.
+"""`bench`: compare selectors on one pool and one target set (methods x budgets x seeds), with paired
+statistics on the same evaluation examples, each method's selection cost, the survey's efficiency and
+feasibility metrics (methods.md section 5) and a report.
 
 The Python API behind ``gradsift bench CONFIG.yaml``. One run, in ``out``:
 
 1. ``data/``: the pool, targets, held-out targets and evaluation sets, mixed from the configured sources
    (paths, per-source limits and task labels, a seeded shuffle and a target/held-out split) and written once as
    canonical JSONL with ``data.json`` (the data settings, counts and fingerprints).
-2. ``prepare/``: optional steps run once before selection. ``harmful_finetune`` trains a LoRA on harmful
-   completions (e.g. HH-RLHF ``rejected`` answers to harmful requests) and merges it into the model, so a
-   safety benchmark starts from a model with something to repair; that merged model is then the base model
-   of every later step.
-3. ``select/``: one `gradsift.pipeline.run_select` per method and seed, at the largest budget, all sharing
-   ``cache/`` (warm-up checkpoints and feature stores are computed once and reused across methods). A method
-   whose selection is the top-k of its scores gets its smaller budgets from the same scores (scores do not
-   depend on the budget); one with its own selection rule (BIDS, bands) is run again per budget.
-   A method that this version of gradsift does not provide is reported and skipped.
-4. ``cells/<method>__k<budget>__s<seed>/``: per grid cell the selected records, a LoRA fine-tune
-   (`gradsift.training.run.run_train`: SFT or DPO), one results JSON per benchmark (per-example outputs kept)
-   and ``cell.json``, written last. Baselines: ``full`` (trained on the whole pool), ``base`` (the untrained
-   model) and, with a prepare step, ``original`` (the model before it). A rerun skips every cell whose
-   ``cell.json`` matches the current benchmarks, resumes unfinished training, and re-evaluates only
-   benchmarks whose settings changed.
-5. ``results`` (default ``out``): ``results.csv``/``results.parquet`` (one row per method, budget and seed;
-   one column per benchmark metric; PIR per benchmark and mean), ``efficiency.csv``, ``feasibility.csv``,
-   ``metrics.json`` and the report (``report.html``, self-contained; ``report.md`` with ``figures/``).
+2. ``prepare/``: optional steps run once before selection (`gradsift.benchmark.prepare`: align, then break);
+   the model after them is the base model of every later step.
+3. ``select/``: one `gradsift.pipeline.run_select` per method and selection seed at the largest budget (each
+   method with its own cache by default, so its measured cost is its own). A method whose selection is the
+   top-k of its scores gets its smaller budgets from the same scores; one with its own selection rule (BIDS,
+   bands) is run again per budget. At the budget ``band`` a band method keeps its whole band and every other
+   method the size of `BenchConfig.band_size_of`'s band. A method this version of gradsift does not provide
+   is reported and skipped.
+4. ``cells/lr*``: with `lr_search`, the random selection of every budget (first seed) trained with each
+   learning rate and scored on the deciding benchmark; the best learning rate (mean over budgets) trains
+   every cell, and the search is recorded in ``lr_search.json``, ``metrics.json`` and ``RUN.md``.
+5. ``cells/<method>__k<budget>__s<seed>[__lr<lr>]/``: per grid cell the selected records, a LoRA fine-tune
+   (`gradsift.training.run.run_train`: SFT or DPO) with that training seed, one results JSON per benchmark
+   (every example's output kept) and ``cell.json``. Every method is trained with every seed; a method in
+   ``seeded_methods`` (random) also selects with it. Baselines: ``full`` (the whole pool, the same steps),
+   ``full-epoch`` (the whole pool, one epoch), ``base`` (the untrained model), ``original`` and ``aligned``
+   (the models before and inside `prepare`). Cells run in ``workers`` processes side by side
+   (`gradsift.benchmark.work`); a rerun skips finished cells, resumes unfinished training and re-evaluates
+   only benchmarks whose settings changed.
+6. ``results`` (default ``out``): ``results.csv``/``results.parquet`` (one row per cell, with its selection
+   cost), ``comparisons.csv`` (paired comparisons), ``efficiency.csv``, ``feasibility.csv``, ``metrics.json``,
+   ``RUN.md`` and the report (``report.html``, self-contained; ``report.md`` with ``figures/``).
 
-The config is `gradsift.benchmark.config`, the data sets `gradsift.benchmark.sets`, the tables
-`gradsift.benchmark.tables` and the report's data `gradsift.benchmark.reportdata`.
+Paired statistics (`gradsift.benchmark.metrics`): for each benchmark metric that is a mean over examples,
+each (method, budget)'s mean over examples of its seed-averaged values, and its difference from random at the
+same budget, from full (same steps), from full-epoch and, for gradient methods, from embed, each with a
+bootstrap 95% interval over examples and seeds. A method "beats" a reference only where the interval excludes
+0 on the better side.
 
-Metrics. PIR of a row = mean over benchmarks of its primary metric relative to the ``full`` row's
+PIR of a row = mean over benchmarks of its primary metric relative to the mean of the ``full`` rows
 (`gradsift.evaluation.selector_metrics.BenchmarkScore`: inverted for lower-is-better metrics); a benchmark
-whose ratio is undefined (a zero full-data exact match, as a 135M model gets on GSM8K) is left out of that
-mean and named in the notes. Efficiency is computed per budget: each method's mean (SDF, PIR) over seeds, its
-signed distance from the line through the reference methods (default: random at the same budget, and full
-data at (1, 1)). Feasibility ranks come from `gradsift_feasibility` for the methods run.
+whose ratio is undefined (a zero full-data exact match) is left out of that mean and named in the notes.
+Efficiency is computed per budget (`gradsift.benchmark.tables`); feasibility ranks come from
+`gradsift_feasibility` for the methods run (a variant has its method's entries).
 
-Settings changes: a rerun with other data, model, prepare, selection or training settings in the same
-``out`` is refused unless `overwrite` (which deletes the previous run's files); changing the grid adds cells,
-changing benchmarks re-evaluates.
+Settings changes: a rerun with other data, model, prepare, selection, variant or training settings in the
+same ``out`` is refused unless `overwrite` (which deletes the previous run's files); changing the grid adds
+cells, changing benchmarks re-evaluates.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import datetime as dt
 import json
-import os
+import resource
 import shutil
-import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gradsift.atomic import write_json_atomic
-from gradsift.benchmark.config import BenchConfig, BenchmarkSpec
-from gradsift.benchmark.reportdata import collect_report_data, write_report
-from gradsift.benchmark.sets import Record, as_example, build_set, fingerprint, read_set, record_row
-from gradsift.benchmark.tables import add_pir, efficiency_rows, json_safe, write_tables
+from gradsift.benchmark.config import BAND, BAND_METHODS, BenchConfig
+from gradsift.benchmark.prepare import PrepareResult, run_prepare
+from gradsift.benchmark.reportdata import collect_report_data, write_report, write_run_md
+from gradsift.benchmark.sets import Record, build_set, fingerprint, read_set, record_row
+from gradsift.benchmark.tables import add_pir, comparisons, efficiency_rows, json_safe, write_tables
+from gradsift.benchmark.work import Cell, CellTask, Context, SelectTask, Workers, run_cell, run_selection, say
 from gradsift.data.load import write_jsonl
-from gradsift.evaluation.selector_metrics import GRADSIFT_METHODS, gradsift_feasibility
-from gradsift.evaluation.tasks import TaskKind
-from gradsift.recipes.options import applicable
-from gradsift.report.data import BenchmarkInfo, MethodSelection, ReportData
+from gradsift.evaluation.selector_metrics import GRADSIFT_METHODS, FeasibilityAttributes, gradsift_feasibility
+from gradsift.report.data import MethodSelection, ReportData
 from gradsift.rundir import LOCK_FILE, locked_dir
 from gradsift.selection.budget import Budget
 from gradsift.settings import check_same_settings
-from gradsift.training.run import TrainConfig
 
 
 @dataclass
@@ -76,9 +81,11 @@ class BenchResult:
     """What a bench run produced.
 
     Attributes:
-        table: One row per cell (method, budget, seed) with its metrics, PIR columns and timings.
+        table: One row per cell (method, budget, seed) with its metrics, PIR columns, timings and selection cost.
+        comparisons: Paired comparisons, per benchmark (`gradsift.benchmark.tables.comparisons`).
         efficiency: One row per (budget, method): mean SDF and PIR over seeds, efficiency and its rank.
         feasibility: The survey's feasibility table of the methods run.
+        lr_search: The learning-rate search (None without one).
         unavailable: Methods skipped, with the reason.
         notes: Caveats found while computing the metrics.
         out: The working directory.
@@ -87,8 +94,10 @@ class BenchResult:
     """
 
     table: Any
+    comparisons: dict[str, Any]
     efficiency: list[dict[str, Any]]
     feasibility: list[dict[str, Any]]
+    lr_search: dict[str, Any] | None
     unavailable: dict[str, str]
     notes: list[str]
     out: Path
@@ -96,44 +105,32 @@ class BenchResult:
     report: ReportData
 
 
-@dataclass
-class Cell:
-    """One trained-and-evaluated model of the grid."""
-
-    method: str
-    budget: str
-    k: int
-    seed: int
-    rows: list[int] | None = None
-
-    @property
-    def name(self) -> str:
-        if self.method in ("base", "original"):
-            return self.method
-        return f"{self.method}__k{self.k}__s{self.seed}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The run
-
-
-def _say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class _Bench:
     """State of one bench run (see the module docstring for the steps)."""
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    def __init__(self, cfg: BenchConfig, workers: Workers | None = None) -> None:
         self.cfg = cfg
+        self.workers = workers or Workers(1, cfg.progress)
         self.out = Path(cfg.out)
         self.sets: dict[str, list[Record]] = {}
         self.set_paths: dict[str, Path] = {}
-        self.model = cfg.model
+        self.prepared = PrepareResult(models={"original": cfg.model, "base": cfg.model})
         self.unavailable: dict[str, str] = {}
         self.notes: list[str] = []
-        self.selections: dict[tuple[str, int, int], MethodSelection] = {}
-        self.select_seconds: dict[tuple[str, int], float] = {}
+        self.selections: dict[tuple[str, str, int], MethodSelection] = {}
+        self.costs: dict[tuple[str, str, int], dict[str, float | None]] = {}
+        self.lr: float | None = None
+        self.lr_record: dict[str, Any] | None = None
+
+    @property
+    def ctx(self) -> Context:
+        return Context(self.cfg, {k: str(v) for k, v in self.set_paths.items()}, dict(self.prepared.models))
 
     # -- directory ------------------------------------------------------------------------------------------
 
@@ -158,9 +155,12 @@ class _Bench:
                     )
                 for sub in ("data", "prepare", "select", "cells", "cache"):
                     shutil.rmtree(self.out / sub, ignore_errors=True)
+                (self.out / "lr_search.json").unlink(missing_ok=True)
         elif any(p.name != LOCK_FILE for p in self.out.iterdir()):
             raise ValueError(f"{self.out} is not empty and holds no bench run (bench.json missing); use an empty dir")
-        write_json_atomic(path, {"identity": identity, "config": json.loads(json.dumps(asdict(self.cfg)))})
+        write_json_atomic(
+            path, {"identity": identity, "config": json.loads(json.dumps(asdict(self.cfg), default=str))}
+        )
 
     # -- data -----------------------------------------------------------------------------------------------
 
@@ -195,281 +195,285 @@ class _Bench:
         for name, kind in kinds.items():
             self.sets[name] = read_set(self.set_paths[name], kind)
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.sets.items())
-        _say(f"data ready in {time.perf_counter() - t0:.0f}s: {sizes}")
-
-    # -- prepare --------------------------------------------------------------------------------------------
+        say(f"data ready in {time.perf_counter() - t0:.0f}s: {sizes}")
 
     def prepare_model(self) -> None:
-        harmful = self.cfg.prepare.harmful_finetune if self.cfg.prepare else None
-        if harmful is None:
-            return
-        from gradsift.model.load import load_model
-        from gradsift.training.run import run_train
-
-        d = self.out / "prepare"
-        merged = d / "model"
-        self.model = str(merged)
-        if (merged / "config.json").exists():
-            return
-        t0 = time.perf_counter()
-        records, _ = build_set(harmful.data, "harmful", self.cfg.data_seed)
-        d.mkdir(parents=True, exist_ok=True)
-        data_path = d / "harmful.jsonl"
-        write_jsonl(data_path, [record_row(r) for r in records])
-        tc = TrainConfig(
-            data=str(data_path),
-            out=str(d / "harmful"),
-            kind="sft",
-            model=self.cfg.model,
-            dtype=self.cfg.dtype,
-            device=self.cfg.device,
-            progress=True,
-            **harmful.train,
+        cfg = self.cfg
+        self.prepared = run_prepare(
+            cfg.prepare, cfg.model, cfg.model_settings, self.out, cfg.data_seed, self.sets, self.set_paths, say
         )
-        lm = load_model(self.cfg.model_settings())
-        result = run_train(tc, records=list(read_set(data_path, "sft")), loaded=lm)  # type: ignore[arg-type]
-        model = result.model.merge_and_unload()
-        tmp = d / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        lm.tokenizer.save_pretrained(tmp)
-        os.replace(tmp, merged)
-        _say(f"prepare: harmful fine-tune on {len(records)} examples, merged in {time.perf_counter() - t0:.0f}s")
+        for name, step in self.prepared.steps.items():
+            if step.get("met") is False:
+                until = step["until"]
+                self.notes.append(
+                    f"prepare {name}: {until['metric']} {step['checks'][-1]:.3f} did not reach "
+                    f"{'>=' if until['at_least'] is not None else '<='} {until['at_least'] or until['at_most']} "
+                    f"in {step['rounds']} rounds"
+                )
 
     # -- selection ------------------------------------------------------------------------------------------
 
     def budgets(self) -> list[tuple[str, int]]:
-        """The budgets as ``(spec, count)``, smallest first; specs that resolve to the same count run once."""
+        """The numeric budgets as ``(spec, count)``, smallest first; specs of the same count run once."""
         n = len(self.sets["pool"])
         by_count: dict[int, str] = {}
         for b in self.cfg.budgets:
-            by_count.setdefault(Budget.parse(b).resolve(n), b)
+            if b != BAND:
+                by_count.setdefault(Budget.parse(b).resolve(n), b)
         return [(b, k) for k, b in sorted(by_count.items())]
 
-    def seeds_of(self, method: str) -> list[int]:
-        return list(self.cfg.seeds) if method in self.cfg.seeded_methods else [self.cfg.seeds[0]]
+    def all_budgets(self) -> list[tuple[str, int]]:
+        """Every budget label with a selection, and its count (the band: the size of `band_size_of`'s band)."""
+        out = self.budgets()
+        ref = self.selections.get((str(self.cfg.band_size_of), BAND, self.cfg.seeds[0]))
+        if BAND in self.cfg.budgets and ref is not None:
+            out.append((BAND, len(ref.rows)))
+        return out
 
-    def _run_select(self, method: str, seed: int, k: int) -> tuple[MethodSelection, bool] | None:
-        """Select with `method` at budget `k` (cached). Returns the selection and whether it is a top-k."""
+    def selection_seed(self, method: str, seed: int) -> int:
+        return seed if method in self.cfg.seeded_methods else self.cfg.seeds[0]
+
+    def selection_seeds(self, method: str) -> list[int]:
+        return list(dict.fromkeys(self.selection_seed(method, s) for s in self.cfg.seeds))
+
+    def _load(self, task: SelectTask, k: int) -> MethodSelection:
+        """The selection a finished task wrote (its rows in selection order and every pool row's score)."""
         import pyarrow.parquet as pq
 
-        from gradsift.pipeline import SelectConfig, run_select
-
-        d = self.out / "select" / f"{method}__s{seed}__k{k}"
-        marker = d / "bench-selection.json"
-        if not marker.exists():
-            # the config's options serve every method: each selection gets those its method reads
-            select = {**self.cfg.select, "options": applicable([method], self.cfg.select.get("options") or {})}
-            cfg = SelectConfig(
-                pool=str(self.set_paths["pool"]),
-                targets=str(self.set_paths["targets"]) if "targets" in self.set_paths else None,
-                out=str(d),
-                methods=[method],
-                budget=str(k),
-                kind=self.cfg.kind,
-                model=self.model,
-                dtype=self.cfg.dtype,
-                device=self.cfg.device,
-                seed=seed,
-                cache_dir=str(self.out / "cache"),
-                pool_format="pair" if self.cfg.kind == "pair" else "messages",
-                **select,
-            )
-            t0 = time.perf_counter()
-            try:
-                res = run_select(cfg)
-            except NotImplementedError as e:
-                self.unavailable[method] = str(e)
-                _say(f"method {method}: not available ({e}); skipped")
-                return None
-            write_json_atomic(
-                marker,
-                {"topk": res.scores[method].selected is None, "seconds": round(time.perf_counter() - t0, 3)},
-            )
-        meta = json.loads(marker.read_text())
-        self.select_seconds[(method, seed)] = self.select_seconds.get((method, seed), 0.0) + meta["seconds"]
+        d = self.out / "select" / task.dirname
+        base = self.cfg.base_method(task.method)
         table = pq.read_table(d / "scores.parquet").to_pandas()
-        ids = [r.id for r in self.sets["pool"]]
-        if list(table["id"]) != ids:
+        if list(table["id"]) != [r.id for r in self.sets["pool"]]:
             raise RuntimeError(f"{d}: the selection's rows are not the pool's (ids differ); delete {d} and rerun")
-        rank = table[f"rank_{method}"].to_numpy()
+        rank = table[f"rank_{base}"].to_numpy()
         rows = [int(i) for i in np.argsort(rank, kind="stable") if rank[i] >= 0]
-        score = table[f"score_{method}"].to_numpy(dtype=np.float64)
-        return MethodSelection(method, k, seed, rows, score), bool(meta["topk"])
+        score = table[f"score_{base}"].to_numpy(dtype=np.float64)
+        return MethodSelection(task.method, k if task.k is not None else len(rows), task.seed, rows, score)
+
+    def _run_tasks(self, tasks: list[SelectTask]) -> dict[SelectTask, dict[str, Any]]:
+        def done(task: SelectTask, meta: dict[str, Any], seconds: float) -> None:
+            if "unavailable" in meta:
+                self.unavailable[task.method] = meta["unavailable"]
+                say(f"method {task.method}: not available ({meta['unavailable']}); skipped")
+            elif seconds > 1:
+                say(f"{task.label}: {meta['n_selected']} rows in {meta['seconds']:.0f}s")
+
+        metas = self.workers.run_all(self.ctx, tasks, run_selection, done)
+        return dict(zip(tasks, metas, strict=True))
 
     def select(self) -> None:
         from gradsift.selection.topk import top_k
 
+        cfg = self.cfg
         budgets = self.budgets()
-        k_max = budgets[-1][1]
-        for method in self.cfg.methods:
-            for seed in self.seeds_of(method):
-                if method in self.unavailable:
-                    break
-                got = self._run_select(method, seed, k_max)
-                if got is None:
-                    break
-                sel, is_topk = got
-                for _, k in budgets:
-                    if k == k_max:
-                        self.selections[(method, k, seed)] = sel
-                    elif is_topk:
-                        rows = top_k(sel.scores, k).indices
-                        self.selections[(method, k, seed)] = MethodSelection(method, k, seed, rows, sel.scores)
-                    else:
-                        again = self._run_select(method, seed, k)
-                        if again is not None:
-                            self.selections[(method, k, seed)] = again[0]
+        k_max = budgets[-1][1] if budgets else None
+        band = BAND in cfg.budgets
+        is_band = {m: cfg.base_method(m) in BAND_METHODS for m in cfg.methods}
+        first: list[SelectTask] = []
+        for m in cfg.methods:
+            for s in self.selection_seeds(m):
+                if k_max is not None:
+                    first.append(SelectTask(m, s, k_max))
+                if band and is_band[m]:
+                    first.append(SelectTask(m, s, None))
+        metas = self._run_tasks(first)
+        cold: dict[tuple[str, int], dict[str, Any]] = {}
+        for t, meta in metas.items():
+            if "unavailable" not in meta:
+                cold.setdefault((t.method, t.seed), meta)  # the first run of a method computed its cache
+        available = [m for m in cfg.methods if m not in self.unavailable]
+        later: dict[tuple[str, str, int], SelectTask] = {}
+        for m in available:
+            for s in self.selection_seeds(m):
+                if k_max is not None:
+                    top = SelectTask(m, s, k_max)
+                    sel = self._load(top, k_max)
+                    for label, k in budgets:
+                        if k == k_max:
+                            self.selections[(m, label, s)] = sel
+                        elif metas[top]["topk"]:
+                            rows = top_k(sel.scores, k).indices
+                            self.selections[(m, label, s)] = MethodSelection(m, k, s, rows, sel.scores)
+                        else:
+                            later[(m, label, s)] = SelectTask(m, s, k)
+                if band and is_band[m]:
+                    self.selections[(m, BAND, s)] = self._load(SelectTask(m, s, None), 0)
+        if band:
+            ref = self.selections.get((str(cfg.band_size_of), BAND, cfg.seeds[0]))
+            if ref is None:
+                self.notes.append(f"budget band: {cfg.band_size_of} has no band (not run), so no method runs at it")
+            else:
+                k_band = len(ref.rows)
+                for m in available:
+                    if is_band[m]:
+                        continue
+                    for s in self.selection_seeds(m):
+                        if k_max is not None and metas[SelectTask(m, s, k_max)]["topk"]:
+                            scores = self.selections[(m, budgets[-1][0], s)].scores
+                            rows = top_k(scores, k_band).indices
+                            self.selections[(m, BAND, s)] = MethodSelection(m, k_band, s, rows, scores)
+                        else:
+                            later[(m, BAND, s)] = SelectTask(m, s, k_band)
+        more = self._run_tasks(list(dict.fromkeys(later.values())))
+        for (m, label, s), task in later.items():
+            self.selections[(m, label, s)] = self._load(task, int(task.k or 0))
+        for m, label, s in self.selections:
+            meta = cold.get((m, s)) or more[later[(m, label, s)]]
+            self.costs[(m, label, s)] = {"wall_s": meta["seconds"], "cpu_s": meta.get("cpu_seconds")}
         done = sorted({m for m, _, _ in self.selections})
-        _say(f"selections ready: {', '.join(done) or 'none'}")
+        say(f"selections ready: {', '.join(done) or 'none'}")
+
+    # -- learning rate --------------------------------------------------------------------------------------
+
+    def search_lr(self) -> None:
+        """Train random selections with each learning rate of the grid and keep the best (module docstring)."""
+        cfg = self.cfg
+        search, spec = cfg.lr_search, cfg.lr_benchmark()
+        if search is None or spec is None:
+            return
+        s0 = cfg.seeds[0]
+        budgets = [(label, k) for label, k in self.all_budgets() if ("random", label, s0) in self.selections]
+        tasks = [
+            CellTask(Cell("random", label, k, s0, self.selections[("random", label, s0)].rows, lr), (spec,))
+            for label, k in budgets
+            for lr in search.grid
+        ]
+        say(f"learning rate: {len(tasks)} cells ({len(search.grid)} rates x {len(budgets)} budgets)")
+        rows = self.workers.run_all(self.ctx, tasks, run_cell, self._progress(len(tasks), spec.column))
+        values: dict[str, dict[str, float]] = {}
+        for task, row in zip(tasks, rows, strict=True):
+            values.setdefault(f"{task.cell.lr:g}", {})[task.cell.budget] = row[spec.column]
+        means = {lr: float(np.mean(list(v.values()))) for lr, v in values.items()}
+        pick = max if spec.higher_is_better else min
+        chosen = pick(search.grid, key=lambda lr: means[f"{lr:g}"])
+        self.lr = chosen
+        self.lr_record = {
+            "grid": search.grid,
+            "benchmark": search.benchmark,
+            "data": spec.data,
+            "metric": spec.metric,
+            "higher_is_better": spec.higher_is_better,
+            "budgets": [label for label, _ in budgets],
+            "seed": s0,
+            "values": {lr: {**v, "mean": means[lr]} for lr, v in values.items()},
+            "chosen": chosen,
+        }
+        write_json_atomic(self.out / "lr_search.json", self.lr_record)
+        say(f"learning rate {chosen:g} chosen ({spec.column} on {spec.data}, mean over budgets)")
 
     # -- cells ----------------------------------------------------------------------------------------------
 
     def cells(self) -> list[Cell]:
+        cfg = self.cfg
         n = len(self.sets["pool"])
-        cells = []
-        if "base" in self.cfg.baselines:
-            cells.append(Cell("base", "0", 0, self.cfg.seeds[0]))
-        if "original" in self.cfg.baselines:
-            cells.append(Cell("original", "0", 0, self.cfg.seeds[0]))
-        if "full" in self.cfg.baselines:
-            cells.append(Cell("full", "100%", n, self.cfg.seeds[0], list(range(n))))
-        for budget, k in self.budgets():
-            for method in self.cfg.methods:
-                for seed in self.seeds_of(method):
-                    sel = self.selections.get((method, k, seed))
+        everything = list(range(n))
+        cells = [Cell(b, "0", 0, cfg.seeds[0], model=b) for b in ("base", "original", "aligned") if b in cfg.baselines]
+        for seed in cfg.seeds:
+            if "full" in cfg.baselines:
+                cells.append(Cell("full", "100%", n, seed, everything, self.lr))
+            if "full-epoch" in cfg.baselines:
+                cells.append(Cell("full-epoch", "epoch", n, seed, everything, self.lr, epoch=True))
+        for label, k in self.all_budgets():
+            for method in cfg.methods:
+                for seed in cfg.seeds:
+                    sel = self.selections.get((method, label, self.selection_seed(method, seed)))
                     if sel is not None:
-                        cells.append(Cell(method, budget, k, seed, sel.rows))
+                        size = len(sel.rows) if label == BAND else k
+                        cells.append(Cell(method, label, size, seed, sel.rows, self.lr))
         return cells
 
-    def bench_hash(self) -> dict[str, str]:
-        return {b.name: b.identity() for b in self.cfg.benchmarks}
+    def _progress(self, total: int, column: str) -> Any:
+        """A progress line per finished cell, with an ETA from the cells that did work (not only read back)."""
+        spent: list[float] = []
+        count = [0]
 
-    def run_cell(self, cell: Cell) -> dict[str, Any]:
-        import gc
+        def done(task: CellTask, row: dict[str, Any], seconds: float) -> None:
+            count[0] += 1
+            if seconds > 1.0:
+                spent.append(seconds)
+            eta = float(np.mean(spent)) * (total - count[0]) / self.cfg.workers if spent else 0.0
+            value = row.get(column)
+            shown = f"{value:.4g}" if isinstance(value, float) else "-"
+            say(f"[{count[0]}/{total}] {task.label}: {column}={shown} ({seconds:.0f}s; eta {eta / 60:.1f} min)")
 
-        import torch
-
-        from gradsift.model.load import load_model
-        from gradsift.training.run import run_train
-
-        d = self.out / "cells" / cell.name
-        done = d / "cell.json"
-        if done.exists():
-            prev = json.loads(done.read_text())
-            if prev.get("rows") != cell.rows:
-                # the selection changed (its cache was deleted and recomputed): this cell's model is stale
-                shutil.rmtree(d)
-            elif prev.get("benchmarks") == self.bench_hash():
-                return prev["row"]
-        d.mkdir(parents=True, exist_ok=True)
-        pool = self.sets["pool"]
-        row: dict[str, Any] = {
-            "method": cell.method,
-            "budget": cell.budget,
-            "k": cell.k,
-            "seed": cell.seed,
-            "n_selected": len(cell.rows) if cell.rows is not None else 0,
-            "sdf": len(cell.rows) / len(pool) if cell.rows else 0.0,
-            "select_s": self.select_seconds.get((cell.method, cell.seed), 0.0),
-        }
-        t0 = time.perf_counter()
-        model = self.cfg.model if cell.method == "original" else self.model
-        lm = load_model(self.cfg.model_settings(model))
-        if cell.rows is not None:
-            records = [pool[i] for i in cell.rows]
-            sel_path = d / "selection.jsonl"
-            if not sel_path.exists():
-                write_jsonl(sel_path, [record_row(r) for r in records])
-            tc = TrainConfig(
-                data=str(sel_path),
-                out=str(d / "train"),
-                kind=self.cfg.kind,
-                model=model,
-                dtype=self.cfg.dtype,
-                device=self.cfg.device,
-                # TRL prints every logged step as a dict without its progress bar; the bar is one line per cell
-                progress=True,
-                **{"seed": cell.seed, **self.cfg.train},
-            )
-            result = run_train(tc, records=records, loaded=lm)  # type: ignore[arg-type]
-            lm = dataclasses.replace(lm, model=result.model)
-            row["train_steps"] = result.global_step
-            log_loss = json.loads((d / "train" / "result.json").read_text()).get("train_loss")
-            row["train_loss"] = log_loss
-        row["train_s"] = round(time.perf_counter() - t0, 3)
-        t1 = time.perf_counter()
-        trained = cell.rows is not None
-        for b in self.cfg.benchmarks:
-            path = d / "eval" / f"{b.name}.json"
-            if b.kind is TaskKind.PREFERENCE and not trained:
-                # the untrained model is its own reference: every margin is 0 by construction
-                row[b.column] = None
-                continue
-            result_b = json.loads(path.read_text()) if path.exists() else None
-            if result_b is None or result_b.get("benchmark_identity") != b.identity():
-                result_b = self.evaluate(b, lm, path)
-            for key, value in result_b["metrics"].items():
-                if isinstance(value, bool | int | float) and not isinstance(value, str):
-                    row[f"{b.name}.{key}"] = float(value)
-        row["eval_s"] = round(time.perf_counter() - t1, 3)
-        write_json_atomic(done, {"row": row, "benchmarks": self.bench_hash(), "rows": cell.rows})
-        del lm
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the next cell loads a fresh model copy
-        return row
-
-    def evaluate(self, b: BenchmarkSpec, lm: Any, path: Path) -> dict[str, Any]:
-        from gradsift.evaluation.run import run_evaluate
-        from gradsift.evaluation.tasks import write_results
-
-        records = self.sets[b.data]
-        records = records[: b.limit] if b.limit else records
-        if b.kind is not TaskKind.PREFERENCE:
-            records = [as_example(r) for r in records]
-        cfg = b.eval_config(data=str(self.set_paths[b.data]), out=None, progress=self.cfg.progress)
-        result = run_evaluate(cfg, records=records, loaded=lm)  # type: ignore[arg-type]
-        result["benchmark_identity"] = b.identity()
-        write_results(path, result)
-        return result
+        return done
 
     def run_cells(self) -> list[dict[str, Any]]:
         cells = self.cells()
-        rows = []
-        spent: list[float] = []
-        for i, cell in enumerate(cells, 1):
-            t0 = time.perf_counter()
-            row = self.run_cell(cell)
-            rows.append(row)
-            took = time.perf_counter() - t0
-            if took > 1.0:
-                spent.append(took)
-            eta = (sum(spent) / len(spent)) * (len(cells) - i) if spent else 0.0
-            primary = self.cfg.benchmarks[0].column
-            value = row.get(primary)
-            shown = f"{value:.4g}" if isinstance(value, float) else "-"
-            _say(f"[{i}/{len(cells)}] {cell.name}: {primary}={shown} ({took:.0f}s; eta {eta / 60:.1f} min)")
-        return rows
+        specs = tuple(self.cfg.benchmarks)
+        tasks = [CellTask(c, specs) for c in cells]
+        return self.workers.run_all(
+            self.ctx, tasks, run_cell, self._progress(len(tasks), self.cfg.benchmarks[0].column)
+        )
 
     # -- aggregate ------------------------------------------------------------------------------------------
 
-    def aggregate(self, rows: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    def aggregate(self, rows: list[dict[str, Any]]) -> tuple[Any, dict[str, Any], list[dict[str, Any]], list[Any]]:
         import pandas as pd
 
+        from gradsift.report.data import BenchmarkInfo
+
+        cfg = self.cfg
         table = pd.DataFrame(rows)
+        for key in ("wall_s", "cpu_s"):
+            table[f"select_{key}"] = [
+                (self.costs.get((r["method"], r["budget"], self.selection_seed(r["method"], r["seed"]))) or {}).get(
+                    key
+                )
+                for r in rows
+            ]
         lead = ["method", "budget", "k", "seed", "n_selected", "sdf"]
-        metric_cols = [c for b in self.cfg.benchmarks for c in sorted(table.columns) if c.startswith(f"{b.name}.")]
-        tail = [c for c in ("train_steps", "train_loss", "select_s", "train_s", "eval_s") if c in table.columns]
-        table = table[lead + metric_cols + tail]
-        infos = [
-            BenchmarkInfo(b.name, b.kind.value, b.metric or "", bool(b.higher_is_better)) for b in self.cfg.benchmarks
-        ]
+        metric_cols = [c for b in cfg.benchmarks for c in sorted(table.columns) if c.startswith(f"{b.name}.")]
+        tail = ["lr", "train_steps", "train_loss", "select_wall_s", "select_cpu_s", "train_s", "train_cpu_s", "eval_s"]
+        tail += ["eval_cpu_s", "cell"]
+        table = table[lead + metric_cols + [c for c in tail if c in table.columns]]
+        infos = [BenchmarkInfo(b.name, b.kind.value, b.metric or "", bool(b.higher_is_better)) for b in cfg.benchmarks]
         table = add_pir(table, infos, self.notes)
-        efficiency = efficiency_rows(table, infos, self.cfg.references, self.notes)
-        methods = [m for m in dict.fromkeys(table["method"]) if m in {a.method for a in GRADSIFT_METHODS}]
-        feasibility = gradsift_feasibility(methods) if methods else []
-        return table, efficiency, feasibility
+        paired = comparisons(self.out, table, cfg, self.costs_by_group(), self.notes)
+        efficiency = efficiency_rows(table, infos, cfg.references, self.notes)
+        return table, paired, efficiency, self.feasibility(table)
+
+    def costs_by_group(self) -> dict[tuple[str, str], dict[str, float | None]]:
+        """Each (method, budget)'s selection cost, mean over its selection seeds."""
+        out: dict[tuple[str, str], dict[str, float | None]] = {}
+        groups: dict[tuple[str, str], list[dict[str, float | None]]] = {}
+        for (m, label, _), cost in self.costs.items():
+            groups.setdefault((m, label), []).append(cost)
+        for key, costs in groups.items():
+            out[key] = {
+                k: float(np.mean([c[k] for c in costs])) if all(c.get(k) is not None for c in costs) else None
+                for k in ("wall_s", "cpu_s")
+            }
+        return out
+
+    def feasibility(self, table: Any) -> list[dict[str, Any]]:
+        known = {a.method: a for a in GRADSIFT_METHODS}
+        methods = list(dict.fromkeys(str(m) for m in table["method"]))
+        extra: list[FeasibilityAttributes] = [
+            replace(known[self.cfg.base_method(m)], method=m)
+            for m in methods
+            if m in self.cfg.variants and self.cfg.base_method(m) in known
+        ]
+        names = [m for m in methods if m in known or m in self.cfg.variants]
+        return gradsift_feasibility(names, extra=extra) if names else []
+
+
+def _record_sitting(out: Path, start: dt.datetime, wall: float, cpu: float, cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Append this sitting to ``out/sittings.json``; returns every sitting so far."""
+    path = out / "sittings.json"
+    sittings = json.loads(path.read_text()) if path.exists() else []
+    sittings.append(
+        {
+            "start": start.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "end": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "workers": cfg.workers,
+            "command": cfg.command,
+        }
+    )
+    write_json_atomic(path, sittings)
+    return sittings
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
@@ -485,25 +489,33 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
 
 def _run(cfg: BenchConfig) -> BenchResult:
-    t0 = time.perf_counter()
-    bench = _Bench(cfg)
-    bench.check_out()
-    bench.prepare_data()
-    bench.prepare_model()
-    bench.select()
-    rows = bench.run_cells()
-    table, efficiency, feasibility = bench.aggregate(rows)
+    start, t0, cpu0 = dt.datetime.now(dt.UTC), time.perf_counter(), _cpu_seconds()
+    with Workers(cfg.workers, cfg.progress) as workers:
+        bench = _Bench(cfg, workers)
+        bench.check_out()
+        bench.prepare_data()
+        bench.prepare_model()
+        bench.select()
+        bench.search_lr()
+        if "max_steps" not in cfg.train:
+            bench.notes.append("train.max_steps is not set: each cell trains its epochs, so steps differ by budget")
+        rows = bench.run_cells()
+    table, paired, efficiency, feasibility = bench.aggregate(rows)
     results = cfg.results_dir()
     results.mkdir(parents=True, exist_ok=True)
-    write_tables(results, table, efficiency, feasibility)
+    write_tables(results, table, paired, efficiency, feasibility)
+    sittings = _record_sitting(bench.out, start, time.perf_counter() - t0, _cpu_seconds() - cpu0, cfg)
     data = collect_report_data(
         cfg,
         sets=bench.sets,
-        budgets=bench.budgets(),
+        budgets=bench.all_budgets(),
         selections=bench.selections,
         table=table,
+        comparisons=paired,
         efficiency=efficiency,
         feasibility=feasibility,
+        lr_search=bench.lr_record,
+        prepare=bench.prepared.steps,
         unavailable=bench.unavailable,
         notes=bench.notes,
     )
@@ -515,15 +527,31 @@ def _run(cfg: BenchConfig) -> BenchResult:
                 "created": data.created,
                 "machine": data.machine,
                 "settings": data.settings,
+                "steps": {"max_steps": cfg.train.get("max_steps"), "lr": bench.lr or cfg.train.get("lr")},
+                "lr_search": bench.lr_record,
+                "prepare": bench.prepared.steps,
+                "benchmarks": paired,
                 "efficiency": efficiency,
                 "feasibility": feasibility,
                 "unavailable": bench.unavailable,
                 "notes": bench.notes,
-                "seconds": round(time.perf_counter() - t0, 1),
+                "sittings": sittings,
             }
         ),
     )
+    write_run_md(results / "RUN.md", data, sittings)
     if cfg.report:
         write_report(data, results)
-    _say(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {results}")
-    return BenchResult(table, efficiency, feasibility, bench.unavailable, bench.notes, bench.out, results, data)
+    say(f"done in {(time.perf_counter() - t0) / 60:.1f} min; results in {results}")
+    return BenchResult(
+        table,
+        paired,
+        efficiency,
+        feasibility,
+        bench.lr_record,
+        bench.unavailable,
+        bench.notes,
+        bench.out,
+        results,
+        data,
+    )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gradsift.benchmark.config import DataSpec, SetKind, Source
+from gradsift.benchmark.dataspec import DataSpec, SetKind, Source
 from gradsift.data.load import load_examples, load_pairs, read_mc_items, read_prompts
 from gradsift.data.records import Example, Kind, MCItem, Pair
 

@@ -1,14 +1,17 @@
-"""A bench's tables: PIR per row, efficiency per budget and method, and the files they are written to.
+"""A bench's tables: PIR per row, paired comparisons per benchmark, efficiency per budget and method, and the
+files they are written to.
 
-PIR of a row is the mean over benchmarks of its primary metric relative to the ``full`` row's
+PIR of a row is the mean over benchmarks of its primary metric relative to the mean of the ``full`` rows
 (`gradsift.evaluation.selector_metrics.BenchmarkScore`, inverted for lower-is-better metrics). Efficiency
 is computed per budget from each method's mean (SDF, PIR) over seeds: its signed distance from the line
-through the two reference methods (methods.md section 5).
+through the two reference methods (methods.md section 5). The paired comparisons read every cell's
+per-example evaluation results (`gradsift.benchmark.metrics`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from gradsift.atomic import write_bytes_atomic, write_text_atomic
+from gradsift.benchmark.config import BenchConfig
+from gradsift.benchmark.metrics import Group, compare_groups, example_values
 from gradsift.evaluation.selector_metrics import BenchmarkScore, MethodPoint, efficiency_table
 from gradsift.report.data import BASELINES, BenchmarkInfo
 
@@ -33,7 +38,8 @@ def add_pir(table: Any, benchmarks: Sequence[BenchmarkInfo], notes: list[str]) -
         notes.append("no full-data row: PIR (relative to full data) is not computed")
         table["pir"] = float("nan")
         return table
-    ref = full.iloc[0]
+    # the full-data reference of every ratio: the mean of the full rows (one per training seed)
+    ref = full.mean(numeric_only=True)
     ratio_cols = []
     for b in benchmarks:
         col, pcol = b.column, f"pir.{b.name}"
@@ -106,13 +112,130 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def comparisons(
+    out: Path,
+    table: Any,
+    cfg: BenchConfig,
+    costs: dict[tuple[str, str], dict[str, float | None]],
+    notes: list[str],
+) -> dict[str, Any]:
+    """Paired comparisons of every (method, budget) on each benchmark, from the cells' per-example results.
+
+    Args:
+        out: The bench's working directory (``cells/<cell>/eval/<benchmark>.json``).
+        table: The results table (its ``cell`` column names each row's directory).
+        cfg: The bench's config.
+        costs: Selection cost of each (method, budget): ``wall_s`` and ``cpu_s``.
+        notes: Caveats are appended here.
+
+    Returns:
+        ``{benchmark: {task, metric, higher_is_better, n_eval, methods, secondary}}``: ``methods`` is
+        `gradsift.benchmark.metrics.compare_groups` of the primary metric, with each entry's selection cost
+        (``select_wall_s``, ``select_cpu_s``); ``secondary`` holds the same for the benchmark's other
+        per-example metrics (e.g. the mean margin beside preference accuracy).
+
+    Raises:
+        ValueError: Cells evaluated on different examples.
+    """
+    out_all: dict[str, Any] = {}
+    cells = sorted(table.itertuples(index=False), key=lambda r: r.seed)
+    for b in cfg.benchmarks:
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in cells:
+            path = out / "cells" / str(r.cell) / "eval" / f"{b.name}.json"
+            if path.exists():
+                results.setdefault((str(r.method), str(r.budget)), []).append(json.loads(path.read_text()))
+        if not results:
+            continue
+        first = next(iter(results.values()))[0]
+        secondary = [m for m in first["metrics"] if m != b.metric and m in METRIC_ORDER]
+        entry: dict[str, Any] = {"task": b.kind.value, "metric": b.metric, "higher_is_better": b.higher_is_better}
+        for metric in [str(b.metric), *secondary]:
+            higher = bool(b.higher_is_better) if metric == b.metric else METRIC_ORDER[metric]
+            got = _group_values(results, metric, cfg, b.name)
+            if got is None:
+                if metric == b.metric:
+                    notes.append(f"{b.name}: {metric} is not a mean over examples, so it has no paired comparison")
+                continue
+            groups, n = got
+            compared = compare_groups(
+                groups, higher, label=f"{b.name}/{metric}", n_boot=cfg.bootstrap, seed=cfg.stats_seed
+            )
+            for method, by_budget in compared.items():
+                for budget, e in by_budget.items():
+                    cost = costs.get((method, budget), {})
+                    e["select_wall_s"], e["select_cpu_s"] = cost.get("wall_s"), cost.get("cpu_s")
+            if metric == b.metric:
+                entry.update(n_eval=n, methods=compared, secondary={})
+            elif "methods" in entry:
+                entry["secondary"][metric] = {"higher_is_better": higher, "methods": compared}
+        if "methods" in entry:
+            out_all[b.name] = entry
+    return out_all
+
+
+def _group_values(
+    results: dict[tuple[str, str], list[dict[str, Any]]], metric: str, cfg: BenchConfig, bench: str
+) -> tuple[dict[Group, np.ndarray], int] | None:
+    """Per-seed, per-example values [S, N] of each (method, budget) for `metric`, and N; None when the metric
+    is not a mean over examples.
+
+    Raises:
+        ValueError: Groups evaluated on other examples than the first.
+    """
+    groups: dict[Group, np.ndarray] = {}
+    ids: list[str] | None = None
+    for (method, budget), rs in results.items():
+        values = []
+        for r in rs:
+            got = example_values(r, metric)
+            if got is None:
+                return None
+            if ids is None:
+                ids = got[0]
+            elif got[0] != ids:
+                raise ValueError(f"{bench}: {method} at budget {budget} was evaluated on other examples")
+            values.append(got[1])
+        groups[Group(method, budget, cfg.base_method(method))] = np.stack(values)
+    return groups, len(ids or [])
+
+
+METRIC_ORDER = {"accuracy": True, "exact_match": True, "refusal_rate": True, "mean_margin": True, "mean_loss": False}
+"""Secondary metrics compared beside a benchmark's primary one, with their direction."""
+
+
+def comparison_rows(paired: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paired comparisons as flat rows (one per benchmark, metric, method and budget)."""
+    rows = []
+    for name, b in paired.items():
+        metrics = {b["metric"]: (b["higher_is_better"], b["methods"])}
+        metrics.update({m: (s["higher_is_better"], s["methods"]) for m, s in b.get("secondary", {}).items()})
+        for metric, (higher, methods) in metrics.items():
+            for method, by_budget in methods.items():
+                for budget, e in by_budget.items():
+                    row = {"benchmark": name, "metric": metric, "higher_is_better": higher, "method": method}
+                    row.update(budget=budget, **{k: v for k, v in e.items() if not k.startswith("vs_")})
+                    for ref in ("random", "full", "full_epoch", "embed"):
+                        vs = e.get(f"vs_{ref}")
+                        for k in ("diff", "ci95_low", "ci95_high", "verdict"):
+                            row[f"vs_{ref}.{k}"] = vs[k] if vs else None
+                    rows.append(row)
+    return rows
+
+
 def write_tables(
-    results: Path, table: Any, efficiency: list[dict[str, Any]], feasibility: list[dict[str, Any]]
+    results: Path,
+    table: Any,
+    paired: dict[str, Any],
+    efficiency: list[dict[str, Any]],
+    feasibility: list[dict[str, Any]],
 ) -> None:
-    """``results.csv``/``results.parquet``, ``efficiency.csv`` and ``feasibility.csv``, atomically."""
+    """``results.csv``/``results.parquet``, ``comparisons.csv``, ``efficiency.csv`` and ``feasibility.csv``,
+    atomically."""
     import pandas as pd
 
     write_text_atomic(results / "results.csv", table.to_csv(index=False))
+    write_text_atomic(results / "comparisons.csv", pd.DataFrame(comparison_rows(paired)).to_csv(index=False))
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     write_bytes_atomic(results / "results.parquet", buf.getvalue())

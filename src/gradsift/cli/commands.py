@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from typing import Any
 
 import gradsift
@@ -134,6 +135,7 @@ def bench_config(args: argparse.Namespace) -> gradsift.BenchConfig:
     for key in ("out", "results"):
         if key in overrides:
             overrides[key] = os.path.abspath(overrides[key])
+    overrides["command"] = " ".join(["gradsift", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None
     return gradsift.BenchConfig.from_yaml(args.config, size=args.size, overrides=overrides)
 
 
@@ -164,10 +166,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _number(r.get("efficiency_rank"), ".4g"),
         )
     console.print(table)
+    for name, b in result.comparisons.items():
+        paired = Table(title=f"{name}: {b['metric']} on {b['n_eval']} examples, mean [95% CI] and differences")
+        for h in ("budget", "method", "mean", "vs random", "vs full", "select CPU s"):
+            paired.add_column(h, justify="left" if h in ("budget", "method") else "right")
+        for method, by_budget in b["methods"].items():
+            for budget, e in by_budget.items():
+                paired.add_row(
+                    budget,
+                    method,
+                    f"{e['mean']:.4g} [{e['ci95_low']:.4g}, {e['ci95_high']:.4g}]",
+                    _versus(e.get("vs_random")),
+                    _versus(e.get("vs_full")),
+                    _number(e.get("select_cpu_s"), ".4g"),
+                )
+        console.print(paired)
     for m, why in result.unavailable.items():
         console.print(f"method {m} not run: {why}")
     console.print(f"results: {result.results}/results.csv, report.html, report.md")
     return 0
+
+
+def _versus(vs: dict[str, Any] | None) -> str:
+    """A paired difference with its interval and verdict, as the report shows it."""
+    if not vs:
+        return "-"
+    word = {"better": " better", "worse": " worse"}.get(vs["verdict"], "")
+    return f"{vs['diff']:+.3g} [{vs['ci95_low']:+.3g}, {vs['ci95_high']:+.3g}]{word}"
 
 
 def _number(x: Any, spec: str) -> str:

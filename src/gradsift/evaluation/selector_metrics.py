@@ -383,8 +383,8 @@ GRADSIFT_METHODS: tuple[FeasibilityAttributes, ...] = (
         4,
         model=True,
         data=True,
-        note="DPO warm-up on all pairs and one epoch of DPO on the validation set (two models trained), loss "
-        "difference per pair, middle band.",
+        note="DPO warm-up on all pairs, then theta_val: one epoch of DPO on the validation set from the warm-up "
+        "model (val_init=warmup; two models trained), loss difference per pair, middle band.",
     ),
     _ours(
         "irm",
@@ -402,11 +402,13 @@ GRADSIFT_METHODS: tuple[FeasibilityAttributes, ...] = (
         model=True,
         data=True,
         note="the two trained models of lossdiff, LossDiff and IRM per pair, keep the intersection of both "
-        "middle bands.",
+        "middle bands (with compare_tif, the default, also IF at the warm-up, for the overlap report).",
     ),
 )
-"""Feasibility inputs of gradsift's own methods, as gradsift runs them by default. Every method's code is
-released with gradsift and none calls an external LLM API."""
+"""Feasibility inputs of gradsift's own methods, as gradsift runs them by default (``models_trained`` counts
+the training runs `gradsift select` starts, ``needs_target_data`` whether it refuses to run without targets or
+validation pairs; tests/evaluation/test_selector_metrics.py checks both against the recipes). Every method's
+code is released with gradsift and none calls an external LLM API."""
 
 
 def gradsift_feasibility(

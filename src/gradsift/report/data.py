@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-BASELINES = ("full", "base", "original")
-"""Rows that are not selections: train on the whole pool, the untrained model, the model before `prepare`."""
+BASELINES = ("full", "full-epoch", "base", "original", "aligned")
+"""Rows that are not selections: the whole pool for a cell's steps and for one epoch, the untrained model, the
+model before `prepare` and after its ``align`` step."""
 
 
 @dataclass
@@ -110,6 +111,14 @@ class ReportData:
         unavailable: Methods skipped, with the reason.
         notes: Caveats.
         references: The two methods whose points define the efficiency line.
+        comparisons: Paired comparisons per benchmark: ``{benchmark: {task, metric, higher_is_better, n_eval,
+            methods: {method: {budget: entry}}, secondary: {metric: {higher_is_better, methods}}}}``; an entry
+            holds ``n_seeds``, ``mean``, ``ci95_low``, ``ci95_high``, ``select_wall_s``, ``select_cpu_s`` and
+            ``vs_random``, ``vs_full``, ``vs_full_epoch``, ``vs_embed`` where they apply, each ``{diff,
+            ci95_low, ci95_high, verdict}`` (diff = method minus reference; verdict ``better``, ``worse`` or
+            ``no difference`` by the metric's direction).
+        lr_search: The learning-rate search: grid, deciding metric, value per rate and budget, the chosen rate.
+        prepare: Per prepare step: rounds, checks and whether its threshold was reached.
     """
 
     title: str
@@ -127,6 +136,9 @@ class ReportData:
     unavailable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     references: tuple[str, str] = ("random", "full")
+    comparisons: dict[str, Any] = field(default_factory=dict)
+    lr_search: dict[str, Any] | None = None
+    prepare: dict[str, Any] = field(default_factory=dict)
 
     def extremes(self, method: str, n: int = 5) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """The `n` highest- and lowest-scored pool rows of a method: ``[(row, score)]`` each, best first."""

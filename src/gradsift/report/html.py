@@ -12,15 +12,20 @@ from html import escape
 
 from gradsift.report.data import ReportData
 from gradsift.report.markdown import (
+    COMPARISONS_TEXT,
     Table,
     all_metrics_table,
+    comparison_table,
     efficiency_table,
     extremes_tables,
     feasibility_table,
     fmt,
+    lr_table,
     overlap_table,
+    prepare_table,
     results_table,
     task_share_table,
+    verdicts,
 )
 
 CSS = """
@@ -54,6 +59,8 @@ footer { margin-top: 3em; font-size: 0.8em; color: #6b7480; }
 """
 
 SECTIONS = (
+    ("comparisons", "Paired comparisons"),
+    ("cost", "Cost and quality"),
     ("efficiency", "Efficiency"),
     ("results", "Results"),
     ("feasibility", "Feasibility"),
@@ -97,6 +104,38 @@ def _figure(figures: dict[str, bytes], name: str, caption: str) -> str:
     )
 
 
+def _comparisons(data: ReportData, figures: dict[str, bytes]) -> list[str]:
+    """The paired comparisons with their verdicts, the cost-quality figure, the learning rate and prepare."""
+    if not data.comparisons:
+        return ['<h2 id="comparisons">Paired comparisons</h2>', "<p><em>(no per-example results)</em></p>"]
+    out = ['<h2 id="comparisons">Paired comparisons</h2>', f"<p>{escape(COMPARISONS_TEXT)}</p>"]
+    out.append('<ul class="notes">' + "".join(f"<li>{escape(v)}</li>" for v in verdicts(data)) + "</ul>")
+    for name, b in data.comparisons.items():
+        better = "higher" if b["higher_is_better"] else "lower"
+        out.append(f"<h3>{escape(name)}: {escape(str(b['metric']))} ({better} is better, {b['n_eval']} examples)</h3>")
+        out.append(html_table(comparison_table(data, name)))
+        for metric in b.get("secondary", {}):
+            out.append(f"<h3>{escape(name)}: {escape(metric)}</h3>{html_table(comparison_table(data, name, metric))}")
+    out.append('<h2 id="cost">Cost and quality</h2>')
+    out.append(
+        "<p>Each method's gain over random at the same budget (oriented so that up is better, with its 95% "
+        "interval) against what its selection cost. Points above 0 whose bars clear 0 beat random; the further "
+        "left, the cheaper the gain.</p>"
+    )
+    out.append(_figure(figures, "cost_quality", "Quality gain over random against selection cost, per benchmark."))
+    if data.lr_search is not None:
+        out.append('<h3 id="lr">Learning rate</h3>')
+        out.append(
+            f"<p>Chosen once on random selections: {escape(str(data.lr_search['metric']))} of "
+            f"{escape(str(data.lr_search['benchmark']))} on set {escape(str(data.lr_search['data']))}, mean over "
+            f"budgets; chosen {data.lr_search['chosen']:g} (green).</p>"
+        )
+        out.append(html_table(lr_table(data)))
+    if data.prepare:
+        out.append('<h3 id="prepare">Prepare steps</h3>' + html_table(prepare_table(data)))
+    return out
+
+
 def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
     """The report as a self-contained HTML page.
 
@@ -128,6 +167,7 @@ def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
         '</div><div><h2 id="machine">Machine</h2>',
         _kv(dict(data.machine)),
         "</div></div>",
+        *_comparisons(data, figures),
         '<h2 id="efficiency">Efficiency: SDF, PIR and distance from the reference line</h2>',
         "<p>SDF is the fraction of the pool a method selected. PIR is the mean over benchmarks of the model's "
         "metric relative to full-data training (inverted for losses, so above 1 is better than full data). "

@@ -111,12 +111,119 @@ def _sign_class(x: Any) -> str:
     return "pos" if v > 0 else "neg"
 
 
+REFERENCE_COLUMNS = (
+    ("random", "vs random"),
+    ("full", "vs full"),
+    ("full_epoch", "vs full-epoch"),
+    ("embed", "vs embed"),
+)
+"""The paired comparisons a table shows, by entry key (``vs_<key>``) and header."""
+
+
+def interval(mean: Any, low: Any, high: Any, signed: bool = False) -> str:
+    """``mean [low, high]`` to 4 significant digits (signed: with + on positive numbers)."""
+    if mean is None:
+        return "-"
+    f = (lambda x: f"{float(x):+.4g}") if signed else (lambda x: f"{float(x):.4g}")
+    return f"{f(mean)} [{f(low)}, {f(high)}]"
+
+
+def versus(vs: dict[str, Any] | None) -> str:
+    """A paired comparison as ``diff [low, high]`` with its verdict (``better``/``worse``; nothing when the
+    interval includes 0)."""
+    if not vs:
+        return "-"
+    word = {"better": " better", "worse": " worse"}.get(str(vs["verdict"]), "")
+    return interval(vs["diff"], vs["ci95_low"], vs["ci95_high"], signed=True) + word
+
+
+def _order(data: ReportData, methods: dict[str, Any]) -> list[tuple[str, str]]:
+    """(method, budget) pairs in table order: baselines first, then per budget the methods as run."""
+    seen = list(dict.fromkeys(str(m) for m in data.table["method"])) if len(data.table) else []
+    names = [m for m in seen if m in methods] + [m for m in methods if m not in seen]
+    budgets = list(dict.fromkeys(str(b) for b in data.table["budget"])) if len(data.table) else []
+    pairs = [(m, b) for m in names for b in methods[m]]
+    return sorted(pairs, key=lambda p: (p[0] not in BASELINES, budgets.index(p[1]) if p[1] in budgets else 0))
+
+
+def comparison_table(data: ReportData, benchmark: str, metric: str | None = None) -> Table:
+    """One benchmark metric: each (method, budget)'s mean with its 95% interval, its paired differences from
+    random, full, full-epoch and embed (method minus reference, with the verdict), and its selection cost."""
+    b = data.comparisons[benchmark]
+    methods = b["methods"] if metric is None or metric == b["metric"] else b["secondary"][metric]["methods"]
+    refs = [(k, h) for k, h in REFERENCE_COLUMNS if any(f"vs_{k}" in e for m in methods.values() for e in m.values())]
+    headers = ["method", "budget", "seeds", "mean [95% CI]", *[h for _, h in refs], "select CPU s", "select wall s"]
+    rows, classes = [], []
+    for m, budget in _order(data, methods):
+        e = methods[m][budget]
+        rows.append(
+            [
+                m,
+                budget,
+                fmt(e.get("n_seeds")),
+                interval(e["mean"], e["ci95_low"], e["ci95_high"]),
+                *[versus(e.get(f"vs_{k}")) for k, _ in refs],
+                fmt(e.get("select_cpu_s")),
+                fmt(e.get("select_wall_s")),
+            ]
+        )
+        vs = e.get("vs_random") or {}
+        classes.append(
+            "baseline" if m in BASELINES else {"better": "pos", "worse": "neg"}.get(str(vs.get("verdict")), "")
+        )
+    return Table(headers, rows, [False, False] + [True] * (len(headers) - 2), classes)
+
+
+def verdicts(data: ReportData) -> list[str]:
+    """One sentence per benchmark and reference: which methods beat it (interval excluding 0 on the better
+    side), or that none does."""
+    out = []
+    for name, b in data.comparisons.items():
+        for key, label in (("random", "random at the same budget"), ("full", "full data (same steps)")):
+            winners = [
+                f"{m} ({budget})"
+                for m, by_budget in b["methods"].items()
+                for budget, e in by_budget.items()
+                if (e.get(f"vs_{key}") or {}).get("verdict") == "better"
+            ]
+            if not any(f"vs_{key}" in e for by in b["methods"].values() for e in by.values()):
+                continue
+            said = ", ".join(winners) if winners else "none"
+            out.append(f"{name} ({b['metric']}): beat {label}: {said}.")
+    return out
+
+
+def lr_table(data: ReportData) -> Table:
+    """The learning-rate search: the deciding metric per rate and budget, and its mean."""
+    lr = data.lr_search
+    if lr is None:
+        return Table([], [], [])
+    rows = [[rate, *[fmt(v[b]) for b in lr["budgets"]], fmt(v["mean"])] for rate, v in lr["values"].items()]
+    classes = ["pos" if float(rate) == lr["chosen"] else "" for rate in lr["values"]]
+    return Table(["lr", *lr["budgets"], "mean"], rows, [True] * (len(lr["budgets"]) + 2), classes)
+
+
+def prepare_table(data: ReportData) -> Table:
+    """Each prepare step: its rounds, the check before and after each round, its target and whether reached."""
+    rows = []
+    for name, step in data.prepare.items():
+        until = step.get("until")
+        if until is None:
+            rows.append([name, fmt(step["rounds"]), "-", "-", "-"])
+            continue
+        bound = f"{until['metric']} {'>=' if until['at_least'] is not None else '<='} "
+        bound += fmt(until["at_least"] if until["at_least"] is not None else until["at_most"])
+        checks = " → ".join(fmt(v, 3) for v in step["checks"])
+        rows.append([name, fmt(step["rounds"]), checks, bound, "yes" if step["met"] else "NO"])
+    return Table(["step", "rounds", "check before and after each round", "target", "reached"], rows, [False] * 5)
+
+
 def results_table(data: ReportData) -> Table:
     """One row per trained model: the benchmarks' primary metrics, PIR, training and timing."""
     t = data.table
     cols = [b.column for b in data.benchmarks]
-    headers = ["method", "budget", "k", "seed", "SDF", *cols, "PIR", "steps", "train loss", "select s", "train s"]
-    headers += ["eval s"]
+    headers = ["method", "budget", "k", "seed", "SDF", *cols, "PIR", "lr", "steps", "train loss", "select CPU s"]
+    headers += ["select wall s", "train s", "eval s"]
     rows, classes = [], []
     for _, r in t.iterrows():
         rows.append(
@@ -128,9 +235,11 @@ def results_table(data: ReportData) -> Table:
                 pct(r.get("sdf")),
                 *[fmt(r.get(c)) for c in cols],
                 fixed(r.get("pir")),
+                fmt(r.get("lr")),
                 fmt(r.get("train_steps")),
                 fmt(r.get("train_loss")),
-                fmt(r.get("select_s"), 3),
+                fmt(r.get("select_cpu_s"), 3),
+                fmt(r.get("select_wall_s"), 3),
                 fmt(r.get("train_s"), 3),
                 fmt(r.get("eval_s"), 3),
             ]
@@ -230,6 +339,35 @@ def markdown_table(t: Table) -> str:
     return "\n".join([head, sep, *body]) + "\n"
 
 
+COMPARISONS_TEXT = (
+    "Mean over the evaluation examples of each model's per-example metric, averaged over training seeds, with a "
+    "bootstrap 95% interval over examples and seeds. Each difference is method minus reference, paired on the "
+    'same examples; a method beats its reference ("better") only where the interval excludes 0 on the better '
+    "side of the metric. Selection cost: CPU and wall seconds of the method's selection (warm-up, features, "
+    "scoring, model loading)."
+)
+
+
+def comparisons_markdown(data: ReportData, figures: dict[str, str]) -> str:
+    """The paired comparisons, the verdicts, the cost-quality figure, the learning rate and prepare checks."""
+    if not data.comparisons:
+        return ""
+    parts = ["\n## Paired comparisons\n\n", COMPARISONS_TEXT, "\n\n"]
+    parts += [f"- {v}\n" for v in verdicts(data)]
+    for name, b in data.comparisons.items():
+        parts.append(f"\n### {name}: {b['metric']} ({'higher' if b['higher_is_better'] else 'lower'} is better, ")
+        parts.append(f"{b['n_eval']} examples)\n\n{markdown_table(comparison_table(data, name))}")
+        for metric in b.get("secondary", {}):
+            parts.append(f"\n{name}: {metric}\n\n{markdown_table(comparison_table(data, name, metric))}")
+    if "cost_quality" in figures:
+        parts.append(f"\n![Quality gain over random against selection cost]({figures['cost_quality']})\n")
+    if data.lr_search is not None:
+        parts.append(f"\n## Learning rate\n\n{markdown_table(lr_table(data))}")
+    if data.prepare:
+        parts.append(f"\n## Prepare steps\n\n{markdown_table(prepare_table(data))}")
+    return "".join(parts)
+
+
 def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
     """The report as Markdown; `figures` maps figure names to the paths the images are linked at."""
     parts = [f"# gradsift bench: {data.title}\n\n", f"Created {data.created}.\n"]
@@ -243,6 +381,7 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
     ]
     parts.append("\nBenchmarks:\n\n")
     parts.append(markdown_table(Table(["name", "task", "metric", "better", "n"], bench_rows, [False] * 4 + [True])))
+    parts.append(comparisons_markdown(data, figures))
     parts.append("\n## Efficiency (SDF, PIR, distance from the reference line)\n\n")
     a, b = data.references
     parts.append(

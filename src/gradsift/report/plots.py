@@ -26,7 +26,13 @@ def method_colours(methods: list[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 
     palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
-    colours: dict[str, Any] = {"full": "black", "base": "0.55", "original": "0.35"}
+    colours: dict[str, Any] = {
+        "full": "black",
+        "full-epoch": "0.2",
+        "base": "0.55",
+        "original": "0.35",
+        "aligned": "0.45",
+    }
     k = 0
     for m in methods:
         if m not in colours:
@@ -119,18 +125,79 @@ def metric_vs_budget(data: ReportData) -> bytes | None:
                 continue
             yerr = np.vstack([agg["mean"] - agg["lo"], agg["hi"] - agg["mean"]])
             ax.errorbar(agg["sdf"], agg["mean"], yerr=yerr, marker="o", ms=5, capsize=3, color=colours.get(m), label=m)
-        for name, style in (("full", "--"), ("base", ":"), ("original", "-.")):
+        for name, style in (("full", "--"), ("full-epoch", (0, (5, 1))), ("base", ":"), ("original", "-.")):
             ref = table[table["method"] == name]
-            if len(ref) and _finite(ref[b.column].iloc[0]):
-                ax.axhline(float(ref[b.column].iloc[0]), ls=style, color=colours[name], lw=1.2, label=name)
+            if len(ref) and _finite(ref[b.column].mean()):
+                level = float(ref[b.column].mean())  # mean over the baseline's training seeds
+                ax.axhline(level, ls=style, color=colours[name], lw=1.2, label=name)
                 if name == "full":
-                    ax.plot([1.0], [float(ref[b.column].iloc[0])], marker="*", ms=11, color="black", ls="none")
+                    ax.plot([1.0], [level], marker="*", ms=11, color="black", ls="none")
         arrow = "higher is better" if b.higher_is_better else "lower is better"
         ax.set_title(f"{b.name}: {b.metric} ({arrow})", fontsize=10)
         ax.set_xlim(0, 1.05)
         _flat_safe(ax)
         ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
         ax.set_xlabel("SDF (fraction of the pool selected)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(benches) :]:
+        ax.set_visible(False)
+    return _png(fig)
+
+
+def cost_quality(data: ReportData) -> bytes | None:
+    """Per benchmark: each (method, budget)'s gain over random (its paired difference, oriented so that up is
+    better, with the 95% interval) against its selection cost (CPU seconds where every point has them, else
+    wall seconds; log scale). Random sits at 0."""
+    benches = []
+    for name, b in data.comparisons.items():
+        points = [
+            (m, budget, e)
+            for m, by in b["methods"].items()
+            for budget, e in by.items()
+            if m not in BASELINES and (e.get("vs_random") or m == "random") and _finite(e.get("select_wall_s"))
+        ]
+        if points:
+            benches.append((name, b, points))
+    if not benches:
+        return None
+    colours = method_colours(_methods(data))
+    budgets = list(dict.fromkeys(budget for _, _, pts in benches for _, budget, _ in pts))
+    markers = dict(zip(budgets, "osD^vP*Xh", strict=False))
+    ncols = min(2, len(benches))
+    nrows = math.ceil(len(benches) / ncols)
+    fig = Figure(figsize=(6.2 * ncols, 4.0 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, (name, b, points) in zip(axes, benches, strict=False):
+        cpu = all(_finite(e.get("select_cpu_s")) for _, _, e in points)
+        sign = 1.0 if b["higher_is_better"] else -1.0
+        labelled: set[str] = set()
+        for m, budget, e in points:
+            x = max(float(e["select_cpu_s"] if cpu else e["select_wall_s"]), 1e-2)
+            vs = e.get("vs_random")
+            if vs is None:
+                y, err = 0.0, None
+            else:
+                lo, hi = sorted((sign * vs["ci95_low"], sign * vs["ci95_high"]))
+                y = sign * vs["diff"]
+                err = [[y - lo], [hi - y]]
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                fmt=markers.get(budget, "o"),
+                ms=7,
+                capsize=3,
+                color=colours.get(m),
+                label=m if m not in labelled else None,
+            )
+            labelled.add(m)
+        ax.axhline(0.0, color="0.5", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"selection cost ({'CPU' if cpu else 'wall'} seconds, log scale)")
+        ax.set_ylabel(f"gain over random ({'+' if sign > 0 else '-'}{b['metric']})")
+        shown = ", ".join(f"{markers.get(x, 'o')} = {x}" for x in budgets)
+        ax.set_title(f"{name}: {b['metric']} (markers by budget: {shown})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     for ax in axes[len(benches) :]:
@@ -237,6 +304,7 @@ def overlap(data: ReportData) -> bytes | None:
 FIGURES = {
     "pir_vs_sdf": pir_vs_sdf,
     "metric_vs_budget": metric_vs_budget,
+    "cost_quality": cost_quality,
     "task_balance": task_balance,
     "score_distributions": score_distributions,
     "overlap": overlap,

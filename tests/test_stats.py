@@ -1,0 +1,98 @@
+"""The paired bootstrap: the vectorised replicates against a loop over replicates with the same draws, and the
+interval's behaviour where the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradsift.stats import Interval, bootstrap_draws, paired_bootstrap
+
+
+def slow_paired_bootstrap(a, b, n_boot, seed, level, resample_seeds):
+    """One replicate at a time: pick the examples, pick each group's seeds, average, subtract."""
+    a = np.atleast_2d(a)
+    groups = [a] if b is None else [a, np.atleast_2d(b)]
+    rng = np.random.default_rng(seed)
+    examples, picks = bootstrap_draws(a.shape[1], [g.shape[0] for g in groups], n_boot, rng)
+    reps = []
+    for r in range(n_boot):
+        total = 0.0
+        for sign, g, pick in zip((1.0, -1.0), groups, picks, strict=False):
+            rows = pick[r] if resample_seeds else np.arange(g.shape[0])
+            for j in examples[r]:
+                total += sign * sum(g[s, j] for s in rows) / len(rows)
+        reps.append(total / a.shape[1])
+    point = float(
+        np.mean(
+            [sum(s * g[:, j].mean() for s, g in zip((1.0, -1.0), groups, strict=False)) for j in range(a.shape[1])]
+        )
+    )
+    low, high = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return point, low, high
+
+
+@pytest.mark.parametrize("resample_seeds", [True, False])
+@pytest.mark.parametrize("shapes", [((3, 17), (3, 17)), ((2, 9), (4, 9)), ((1, 11), None), ((3, 8), None)])
+def test_vectorised_replicates_match_the_loop(shapes, resample_seeds):
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=shapes[0])
+    b = None if shapes[1] is None else rng.normal(size=shapes[1]) + 0.3
+    got = paired_bootstrap(a, b, n_boot=300, seed=11, level=0.9, resample_seeds=resample_seeds)
+    want = slow_paired_bootstrap(a, b, 300, 11, 0.9, resample_seeds)
+    assert (got.value, got.low, got.high) == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+def test_a_constant_difference_has_a_zero_width_interval():
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(3, 40))
+    res = paired_bootstrap(b + 0.25, b, n_boot=500, seed=1, resample_seeds=False)
+    assert res == pytest.approx(Interval(0.25, 0.25, 0.25))
+    assert res.excludes_zero()
+
+
+def test_pairing_removes_the_shared_example_variation():
+    # examples differ a lot, the two groups by a small shift: paired, the shift is found; the unpaired
+    # intervals of the two means overlap
+    rng = np.random.default_rng(3)
+    hard = rng.normal(scale=5.0, size=200)
+    a = hard + 0.2 + rng.normal(scale=0.05, size=(3, 200))
+    b = hard + rng.normal(scale=0.05, size=(3, 200))
+    diff = paired_bootstrap(a, b, seed=2)
+    assert diff.low > 0.1 and diff.high < 0.3
+    ma, mb = paired_bootstrap(a, seed=2), paired_bootstrap(b, seed=2)
+    assert ma.low < mb.high
+
+
+def test_seed_variation_widens_the_interval():
+    # the same per-example values up to a per-seed offset: resampling seeds lets the offsets count
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=100)
+    a = base + np.array([[-0.5], [0.0], [0.5]])
+    b = np.tile(base, (3, 1))
+    wide = paired_bootstrap(a, b, seed=0)
+    narrow = paired_bootstrap(a, b, seed=0, resample_seeds=False)
+    assert narrow.high - narrow.low == pytest.approx(0.0, abs=1e-12)
+    assert wide.high - wide.low > 0.3 and wide.low < 0 < wide.high
+
+
+def test_the_same_seed_gives_the_same_interval_and_the_point_is_the_plain_mean():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(3, 30)), rng.normal(size=(2, 30))
+    assert paired_bootstrap(a, b, seed=9) == paired_bootstrap(a, b, seed=9)
+    assert paired_bootstrap(a, b, seed=9).value == pytest.approx(a.mean() - b.mean())
+
+
+@pytest.mark.parametrize(
+    "a, b, kw, match",
+    [
+        (np.ones((2, 3)), np.ones((2, 4)), {}, "same examples"),
+        (np.ones((2, 0)), None, {}, "same examples"),
+        (np.array([[1.0, np.nan]]), None, {}, "finite"),
+        (np.ones((1, 3)), None, {"level": 1.0}, "level"),
+        (np.ones((1, 3)), None, {"n_boot": 0}, "n_boot"),
+    ],
+)
+def test_bad_input_is_refused(a, b, kw, match):
+    with pytest.raises(ValueError, match=match):
+        paired_bootstrap(a, b, **kw)

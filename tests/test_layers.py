@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradsift"
-GROUND = {"atomic", "stats", "machine", "version"}
+GROUND = {"atomic", "stats", "machine", "version", "progress"}
 ALLOWED = {
     "cli": {"gradsift", "cli"},
     "api": {"benchmark", "pipeline", "recipes", "selection", "score", "gradients", "training", "evaluation"}

@@ -31,6 +31,12 @@ Options (``SelectConfig.options`` / ``--option key=value``), with defaults:
   ``prism_reduction`` ``"sum"`` (candidate loss, as the source) | ``"mean"``;
   ``prism_scoring`` ``"raw"`` | ``"cosine"``;
   ``prism_uniform`` false; ``prism_max_new_tokens`` 128; ``bids_normalize`` true.
+
+"Why this example": every method here adds, per candidate, the `HELPS` targets it helps most and by how much,
+as columns ``help_<j>_id`` and ``help_<j>_value`` (j = 1 is the most helped; the id is None where a candidate
+has no such target, e.g. a bad row). "Helps" is the method's own per-target quantity: LESS's influence
+``A_ij`` (summed over checkpoints), PRISM's per-target term ``t_q(z)`` of its score (`gradsift.score.prism`),
+BIDS's column-z-scored influence (raw ``A_ij`` with ``bids_normalize=false``), the values it selects by.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from gradsift.gradients.extract import FeatureConfig, extract_features
 from gradsift.model.lora import parse_layers
 from gradsift.recipes.base import ScoreContext, adapter_digest
 from gradsift.score.base import Scores
-from gradsift.score.influence import influence_matrix
+from gradsift.score.influence import TopTargets, influence_matrix, top_targets
 from gradsift.score.less import Aggregation, less_scores
 from gradsift.score.prism import Scoring, prism_scores
 from gradsift.selection.bids import aggregate_select, bids_select, coverage, zscore_columns
@@ -307,6 +313,22 @@ def _require_targets(ctx: ScoreContext, method: str) -> list[Example]:
     return ctx.targets
 
 
+HELPS = 3
+"""Targets named per candidate in the "helps most" columns (module docstring)."""
+
+
+def help_columns(top: TopTargets, targets: list[Example], scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The "helps most" columns of `top`: ``help_<j>_id`` (the target's id, None where `top` has none) and
+    ``help_<j>_value``, each [N]; `scale` [N] multiplies the values (PRISM's summed-loss rescaling)."""
+    ids = np.array([t.id for t in targets] + [None], dtype=object)  # index -1 picks the None
+    values = top.value if scale is None else top.value * scale[:, None]
+    columns: dict[str, np.ndarray] = {}
+    for j in range(top.index.shape[1]):
+        columns[f"help_{j + 1}_id"] = ids[top.index[:, j]]
+        columns[f"help_{j + 1}_value"] = values[:, j]
+    return columns
+
+
 def _timing_info(ctx: ScoreContext) -> dict[str, float]:
     return {k: round(v, 2) for k, v in ctx.shared.get("timings", {}).items()}
 
@@ -319,8 +341,12 @@ class LessScorer:
         aggregation = _choice(ctx, "less_aggregation", "task-max", tuple(a.value for a in Aggregation))
         targets = _require_targets(ctx, "less")
         cands, tgts, weights, bad = less_inputs(ctx)
-        res = less_scores(cands, tgts, [t.task for t in targets], weights, aggregation=aggregation, bad=bad)
+        res = less_scores(
+            cands, tgts, [t.task for t in targets], weights, aggregation=aggregation, bad=bad, helps=HELPS
+        )
         columns = {f"task_{name}": res.task_scores[:, j] for j, name in enumerate(res.tasks)}
+        assert res.helps is not None  # asked for above
+        columns.update(help_columns(res.helps, targets))
         return Scores(
             score=np.where(np.isfinite(res.scores), res.scores, np.nan),
             columns=columns,
@@ -354,6 +380,7 @@ class BidsScorer:
         cov_less = coverage(z, tasks, less_sel.indices, bad=bad)
         return Scores(
             score=score,
+            columns=help_columns(top_targets(z if normalize else a, HELPS), targets),
             selected=sel.indices,
             info={
                 "coverage": [c.__dict__ for c in cov],
@@ -458,12 +485,16 @@ class PrismScorer:
             scoring=scoring,
             uniform=uniform,
             bad=bad,
+            helps=HELPS,
         )
         score = np.where(np.isfinite(res.scores), res.scores, np.nan)
-        if reduction == "sum" and scoring == "raw":
-            score = score * tokens
+        rescale = tokens if reduction == "sum" and scoring == "raw" else None
+        if rescale is not None:
+            score = score * rescale
+        assert res.helps is not None  # asked for above
         return Scores(
             score=score,
+            columns=help_columns(res.helps, given, rescale),
             info={
                 "preference_weights": {
                     ck.name: [round(float(p), 4) for p in pi] for ck, pi in zip(ckpts, res.preference, strict=True)

@@ -10,7 +10,8 @@ The public API: one function per stage, with its config dataclass and result typ
 | task metrics | `evaluate` | `EvaluateConfig` | a results dict |
 | compare selectors | `bench` | `BenchConfig` | `BenchResult` |
 
-plus `demo_data`, the demo's generated pool and targets. The functions live in `gradsift.api`.
+plus `rebuild_report` (rebuild a selection's ``report.html``), `set_progress` (progress bars or log lines) and
+`demo_data`, the demo's generated pool and targets. The functions live in `gradsift.api`.
 
 Names are resolved on first use (PEP 562), so ``import gradsift`` stays light: torch and the stages load
 when a function or config is first touched.
@@ -24,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from gradsift.api import bench, demo_data, evaluate, features, select, train
+    from gradsift.api import bench, demo_data, evaluate, features, rebuild_report, select, set_progress, train
     from gradsift.benchmark.config import BenchConfig
     from gradsift.benchmark.run import BenchResult
     from gradsift.evaluation.run import EvaluateConfig
@@ -42,6 +43,8 @@ _HOMES = {
     "evaluate": "gradsift.api",
     "bench": "gradsift.api",
     "demo_data": "gradsift.api",
+    "rebuild_report": "gradsift.api",
+    "set_progress": "gradsift.api",
     "SelectConfig": "gradsift.pipeline",
     "SelectResult": "gradsift.pipeline",
     "FeatureConfig": "gradsift.gradients.extract",
@@ -68,7 +71,9 @@ __all__ = [
     "demo_data",
     "evaluate",
     "features",
+    "rebuild_report",
     "select",
+    "set_progress",
     "train",
 ]
 

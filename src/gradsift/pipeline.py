@@ -3,8 +3,9 @@
 This is the Python API behind ``gradsift select``. Outputs in ``out``:
 ``selected.jsonl`` (the first method's selection: original records plus ``gradsift_score``),
 ``selected-<method>.jsonl`` for further methods, ``scores.parquet`` (every candidate, every method's
-score, rank and selection flag) and ``config.json`` (all settings, model and data fingerprints,
-timings, each method's selection size), written last, so a directory with ``config.json`` is complete.
+score, rank and selection flag), ``report.html`` (what was picked, why and at what cost, `gradsift.select_report`)
+and ``config.json`` (all settings, model and data fingerprints, timings, each method's selection size), written
+last, so a directory with ``config.json`` is complete.
 
 Budget: a budget given keeps that many candidates with every method. Without one each method keeps its own
 default: `gradsift.recipes.base.DEFAULT_BUDGET` (5%) for the methods that keep their top scores and for BIDS,
@@ -26,7 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from gradsift.atomic import write_bytes_atomic, write_json_atomic
-from gradsift.data.load import load_examples, load_pairs, write_records
+from gradsift.data.export import WriteFormat, write_selection
+from gradsift.data.load import load_examples, load_pairs
 from gradsift.data.records import Kind, fingerprint
 from gradsift.model.load import LoadedModel, ModelSettings, load_model
 from gradsift.recipes.base import Recipe, ScoreContext
@@ -69,6 +71,8 @@ class SelectConfig:
             runs that share it share their features.
         overwrite: Replace the outputs of a run with different settings in `out`.
         options: Further method options, passed to the scorers by name.
+        write_format: How ``selected*.jsonl`` hold the records: ``original`` (as read), or ``messages`` and
+            ``prompt-completion``, TRL's conversational formats (`gradsift.data.export`).
     """
 
     pool: str
@@ -93,9 +97,11 @@ class SelectConfig:
     cache_dir: str | None = None
     overwrite: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    write_format: str = "original"
 
     def __post_init__(self) -> None:
         self.methods = [m.value for m in Method.parse_list(self.methods)]
+        self.write_format = WriteFormat.parse(self.write_format).value
         if self.budget is not None:
             Budget.parse(self.budget)
         if self.kind not in ("sft", "pair"):
@@ -134,6 +140,7 @@ class SelectResult:
         n_pool: Candidates in the pool.
         budget: The budget given, or the default of the methods that keep their top scores, as a count.
         summary: Method -> task -> shares of the selection and of the pool.
+        report: The ``report.html`` written, or None when it could not be (a warning says why).
     """
 
     out: Path
@@ -142,6 +149,7 @@ class SelectResult:
     n_pool: int
     budget: int
     summary: dict[str, Any]
+    report: Path | None = None
 
 
 def make_scorer(method: Method) -> Recipe:
@@ -277,8 +285,23 @@ def run_select(cfg: SelectConfig) -> SelectResult:
         "task_shares": summary,
         "timings_s": {k_: round(v, 3) for k_, v in timings.items()},
     }
+    report = _write_report(out, config, records, targets)
     write_json_atomic(out / "config.json", config)
-    return SelectResult(out=out, selections=selections, scores=scores, n_pool=n, budget=k, summary=summary)
+    return SelectResult(out, selections, scores, n, k, summary, report)
+
+
+def _write_report(out: Path, config: dict[str, Any], records: list[Any], targets: list[Any]) -> Path | None:
+    """``report.html``, its time added to ``config``; a failure is a warning, not a lost selection."""
+    from gradsift.select_report import write_report
+
+    t = time.perf_counter()
+    try:
+        path = write_report(out, config, records, targets)
+    except Exception as err:  # the selection's outputs are written and the page can be rebuilt
+        log.warning("report.html could not be written (%s); rebuild it with: gradsift report %s", err, out)
+        return None
+    config["timings_s"]["report"] = round(time.perf_counter() - t, 3)
+    return path
 
 
 def _write_outputs(
@@ -308,9 +331,10 @@ def _write_outputs(
     write_bytes_atomic(out / "scores.parquet", buf.getvalue().to_pybytes())
     for i, (m, rows) in enumerate(selections.items()):
         name = "selected.jsonl" if i == 0 else f"selected-{m}.jsonl"
-        write_records(
+        write_selection(
             out / name,
             [records[r] for r in rows],
+            cfg.write_format,
             {
                 "gradsift_id": [records[r].id for r in rows],
                 "gradsift_score": [float(scores[m].score[r]) for r in rows],

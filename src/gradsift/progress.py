@@ -7,8 +7,9 @@ the process-wide mode (`set_mode`, ``gradsift --quiet``):
   CI), where a bar's carriage returns would leave one garbled line per refresh.
 - ``bar``: always a bar.
 - ``log``: one INFO line on the ``gradsift.progress`` logger at most every `LOG_EVERY_S` seconds, and one when
-  the stage ends, e.g. ``features pool: 1200/5000 ex (24%), 11.8 ex/s, elapsed 1m42s, ETA 5m22s``. The command
-  line shows these lines; a library user sees them once logging is configured at INFO for that logger.
+  the stage ends (unless the last one already said it all), e.g.
+  ``features pool: 1200/5000 ex (24%), 11.8 ex/s, elapsed 1m42s, ETA 5m22s``. The command line shows these
+  lines; a library user sees them once logging is configured at INFO for that logger.
 - ``off``: nothing.
 """
 
@@ -88,6 +89,7 @@ class Progress:
         self._start = self._last = clock()
         self._every = LOG_EVERY_S if every is None else every
         self._closed = False
+        self._logged: int | None = None  # steps done at the last log line
         mode = _mode if enabled else "off"
         if mode == "auto":
             mode = "bar" if _isatty(sys.stderr) else "log"
@@ -120,6 +122,7 @@ class Progress:
 
     def _emit(self) -> None:
         self._last = self._clock()
+        self._logged = self.n
         log.info(self.line())
 
     def close(self) -> None:
@@ -129,7 +132,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.mode == "log":
+        elif self.mode == "log" and self._logged != self.n:
             self._emit()
 
     def __enter__(self) -> Progress:

@@ -1,5 +1,5 @@
-"""`gradsift train`, `gradsift evaluate` and `gradsift bench`: thin layers over `gradsift.train`,
-`gradsift.evaluate` and `gradsift.bench`.
+"""`gradsift train`, `gradsift evaluate`, `gradsift bench` and `gradsift report`: thin layers over
+`gradsift.train`, `gradsift.evaluate`, `gradsift.bench` and `gradsift.rebuild_report`.
 
 Each ``add_*_parser(sub)`` adds one subcommand to the parser's subcommands and sets its ``func``; flags left
 out fall back to the ``--config`` YAML file, then to the API's defaults.
@@ -286,6 +286,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for m, why in result.unavailable.items():
         console.print(f"method {m} not run: {why}")
     console.print(f"results: {result.results}/results.csv, report.html, report.md")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``gradsift report`` to `sub`."""
+    p = sub.add_parser(
+        "report",
+        help="rebuild a selection's report.html from its run directory",
+        description="Rebuild the self-contained report.html of a finished gradsift select run (score distributions "
+        "with the cut, composition of pool and selection, overlap between methods, top and bottom examples with "
+        "the targets they help most, time by stage, settings) from its config.json, scores.parquet and pool.",
+    )
+    p.add_argument("run_dir", help="a gradsift select output directory")
+    p.add_argument("--pool", help="the pool's path, when it moved since the run (must be the same data)")
+    p.add_argument("--targets", help="the targets' path, when they moved since the run")
+    p.set_defaults(func=cmd_report)
+    return p
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"report: {gradsift.rebuild_report(args.run_dir, pool=args.pool, targets=args.targets)}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradsift
 from gradsift.cli.args import add_model_args, comma_list, flag_values, parse_options, require
-from gradsift.cli.commands import add_bench_parser, add_evaluate_parser, add_train_parser
+from gradsift.cli.commands import add_bench_parser, add_evaluate_parser, add_report_parser, add_train_parser
 
 SELECT_KEYS = (
     "pool",
@@ -33,6 +33,7 @@ SELECT_KEYS = (
     "on_invalid",
     "targets_limit",
     "cache_dir",
+    "write_format",
 )
 FEATURE_KEYS = (
     "data",
@@ -114,7 +115,7 @@ def _print_summary(result: gradsift.SelectResult) -> None:
             task = "(no task labels)"
         table.add_row(m, str(len(rows)), f"{sel_mean:.4g} / {pool_mean:.4g}", task)
     console.print(table)
-    console.print(f"outputs in {result.out}: selected.jsonl, scores.parquet, config.json")
+    console.print(f"outputs in {result.out}: selected.jsonl, scores.parquet, report.html, config.json")
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -147,6 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for m, shares in result.summary.items():
         s = shares.get("arithmetic", {"selected": 0.0, "pool": 0.0, "n_selected": 0})
         print(f"  {m:>10}: {s['n_selected']:3d}/{result.budget} = {s['selected']:.0%}  (base rate {s['pool']:.0%})")
+    print(f"\nreport: {result.report}")
     return 0
 
 
@@ -200,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-order", choices=["long", "short"], help="length baseline keeps long (default) or short")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="further method option (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
+    p.add_argument(
+        "--write-format",
+        choices=["original", "messages", "prompt-completion"],
+        help="selected*.jsonl as read (original, default) or in TRL's conversational formats "
+        "(pairs: messages = chosen/rejected chats, prompt-completion = prompt/chosen/rejected)",
+    )
+    p.add_argument("--quiet", action="store_true", help="progress as periodic log lines instead of bars")
     add_model_args(p)
     p.set_defaults(func=cmd_select)
 
@@ -249,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N records")
     p.add_argument("--on-invalid", choices=["raise", "skip"], help="stop at (default) or skip invalid records")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    p.add_argument("--quiet", action="store_true", help="progress as periodic log lines instead of bars")
     add_model_args(p)
     p.set_defaults(func=cmd_features)
 
@@ -266,11 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-targets", type=int, default=12, help="number of targets (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="builtin", help="model (default builtin)")
+    p.add_argument("--quiet", action="store_true", help="progress as periodic log lines instead of bars")
     p.set_defaults(func=cmd_demo)
 
     add_train_parser(sub)
     add_evaluate_parser(sub)
     add_bench_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -291,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+    # Bars on a terminal, one log line per half minute elsewhere or with --quiet (gradsift.progress).
+    logging.getLogger("gradsift.progress").setLevel(logging.INFO)
+    gradsift.set_progress("log" if getattr(args, "quiet", False) else "auto")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, ImportError) as e:

@@ -190,6 +190,8 @@ def build_report(
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
+    # as config.json holds it (sorted keys), so a page made during the run and one rebuilt from the file agree
+    config = json.loads(json.dumps(config, sort_keys=True, default=str))
     table = pq.read_table(run_dir / "scores.parquet").to_pandas()
     if len(table) != len(records):
         raise ValueError(f"{run_dir / 'scores.parquet'} has {len(table)} rows but the pool has {len(records)} records")
@@ -198,7 +200,8 @@ def build_report(
     methods = [method_view(m, table, infos.get(m, {}), records, target_text) for m in config["settings"]["methods"]]
     selections = {m.name: m.selected for m in methods}
     tasks = [t if isinstance(t, str) and t else "(none)" for t in table["task"].tolist()]
-    sources = [os.path.basename(s) if s else "(none)" for s in table["source"].tolist()]
+    names = {s: os.path.basename(s) if s else "(none)" for s in set(table["source"].tolist())}
+    sources = [names[s] for s in table["source"].tolist()]
     lengths = np.array([_response_length(r) for r in records], dtype=np.float64)
     quantiles = {"pool": _quantiles(lengths), **{m: _quantiles(lengths[rows]) for m, rows in selections.items()}}
     names = list(selections)
@@ -229,13 +232,25 @@ def build_report(
             expected_random_jaccard(len(records), largest),
         ),
         spearman=rho,
-        timings={k: float(v) for k, v in (config.get("timings_s") or {}).items()},
+        timings=_stages(config.get("timings_s") or {}, names),
         detail_timings=detail,
         settings=dict(config["settings"]),
         provenance=_provenance(config),
         tokenization=dict(config.get("tokenization") or {}),
         notes=list(notes),
     )
+
+
+def _stages(timings: dict[str, float], methods: Sequence[str]) -> dict[str, float]:
+    """Seconds per stage in the order a run goes through them, ``total`` last. The page's own time
+    (``report``) is not known while the page is made, so both a run's page and a rebuilt one leave it out."""
+    order = ["read", "load_model", *[f"score_{m}" for m in methods], "write"]
+    rank = {k: i for i, k in enumerate(order)}
+    keys = sorted((k for k in timings if k not in ("report", "total")), key=lambda k: (rank.get(k, len(order)), k))
+    out = {k: float(timings[k]) for k in keys}
+    if "total" in timings:
+        out["total"] = float(timings["total"])
+    return out
 
 
 def _provenance(config: dict[str, Any]) -> dict[str, str]:

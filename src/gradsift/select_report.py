@@ -200,8 +200,8 @@ def build_report(
     methods = [method_view(m, table, infos.get(m, {}), records, target_text) for m in config["settings"]["methods"]]
     selections = {m.name: m.selected for m in methods}
     tasks = [t if isinstance(t, str) and t else "(none)" for t in table["task"].tolist()]
-    names = {s: os.path.basename(s) if s else "(none)" for s in set(table["source"].tolist())}
-    sources = [names[s] for s in table["source"].tolist()]
+    short = {s: os.path.basename(s) if s else "(none)" for s in set(table["source"].tolist())}
+    sources = [short[s] for s in table["source"].tolist()]
     lengths = np.array([_response_length(r) for r in records], dtype=np.float64)
     quantiles = {"pool": _quantiles(lengths), **{m: _quantiles(lengths[rows]) for m, rows in selections.items()}}
     names = list(selections)

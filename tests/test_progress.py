@@ -102,3 +102,13 @@ def test_quiet_on_a_terminal_logs_and_off_or_disabled_shows_nothing(monkeypatch,
 def test_bad_mode():
     with pytest.raises(ValueError, match="auto, bar, log, off"):
         set_mode("loud")
+
+
+def test_bars_follows_the_mode_and_the_terminal(monkeypatch):
+    monkeypatch.setattr(progress_module.sys, "stderr", FakeStderr(tty=True))
+    for mode, want in (("auto", True), ("bar", True), ("log", False), ("off", False)):
+        set_mode(mode)
+        assert progress_module.bars() is want, mode
+    monkeypatch.setattr(progress_module.sys, "stderr", FakeStderr(tty=False))
+    set_mode("auto")
+    assert not progress_module.bars()

@@ -233,7 +233,8 @@ def set_progress(mode: str = "auto") -> None:
     ``auto`` (the default): a bar with an ETA when stderr is a terminal, otherwise one log line at most every
     30 s on the ``gradsift.progress`` logger (readable in a scheduler's or CI's log); ``bar``: always a bar;
     ``log``: always log lines (``gradsift --quiet``); ``off``: nothing. Where no bar is drawn, the bars of
-    transformers and datasets (weight loading, data processing) are switched off too.
+    transformers and datasets (weight loading, data processing) and of the trainers of gradsift's warm-ups
+    are switched off too.
 
     Args:
         mode: ``auto``, ``bar``, ``log`` or ``off``.
@@ -246,17 +247,14 @@ def set_progress(mode: str = "auto") -> None:
         >>> logging.basicConfig(level=logging.INFO)
         >>> gradsift.set_progress("log")
     """
-    import sys
-
     from datasets.utils import logging as ds_logging
     from transformers.utils import logging as hf_logging
 
-    from gradsift.progress import set_mode
+    from gradsift.progress import bars, set_mode
 
     set_mode(mode)
-    bars = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
     for library in (hf_logging, ds_logging):
-        if bars:
+        if bars():
             library.enable_progress_bar()
         else:
             library.disable_progress_bar()

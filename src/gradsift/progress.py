@@ -47,6 +47,12 @@ def get_mode() -> Mode:
     return _mode
 
 
+def bars() -> bool:
+    """Whether the current mode draws bars: for libraries with bars of their own (TRL's trainers take
+    ``disable_tqdm=not bars()``), so that they stay off the logs too."""
+    return _mode == "bar" or (_mode == "auto" and _isatty(sys.stderr))
+
+
 def duration(seconds: float) -> str:
     """``42s``, ``3m07s`` or ``2h05m``: short enough for a log line.
 
@@ -92,7 +98,7 @@ class Progress:
         self._logged: int | None = None  # steps done at the last log line
         mode = _mode if enabled else "off"
         if mode == "auto":
-            mode = "bar" if _isatty(sys.stderr) else "log"
+            mode = "bar" if bars() else "log"
         self.mode: Mode = mode
         self._bar: Any = None
         if mode == "bar":

@@ -77,7 +77,7 @@ from gradsift.gradients.grads import DirectionSink, FlatGradients, LoraGradients
 from gradsift.model.load import LoadedModel
 from gradsift.model.lora import LoraSettings, load_adapter
 from gradsift.model.task import DPOTask, pair_logps
-from gradsift.progress import progress
+from gradsift.progress import bars, progress
 from gradsift.recipes.base import ScoreContext, adapter_digest
 from gradsift.score.base import Scores
 from gradsift.score.preference import (
@@ -309,7 +309,9 @@ class PreferenceSteps:
         model = lm.model
         for adapter in init:
             model = load_adapter(model, adapter, trainable=False).merge_and_unload()
-        res = train_dpo(model, lm.tokenizer, pairs, out, self.opts.lora, config=overrides, beta=self.opts.beta)
+        # the trainer's bar follows gradsift's progress mode (a bookkeeping field: not in the key)
+        shown = {"disable_tqdm": not bars(), **overrides}
+        res = train_dpo(model, lm.tokenizer, pairs, out, self.opts.lora, config=shown, beta=self.opts.beta)
         self.info[f"dpo_{role}"] = {
             "run_dir": str(out),
             "reused": res.reused,

@@ -54,6 +54,7 @@ from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example, fingerprint
 from gradsift.gradients.extract import FeatureConfig, extract_features
 from gradsift.model.lora import parse_layers
+from gradsift.progress import bars
 from gradsift.recipes.base import ScoreContext, adapter_digest
 from gradsift.score.base import Scores
 from gradsift.score.influence import TopTargets, influence_matrix, top_targets
@@ -188,7 +189,9 @@ def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
             result = load_warmup(run_dir)
         else:
             lm = ctx.fresh_model()
-            result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, config)
+            # the trainer's bar follows gradsift's progress mode (not part of the key: it changes nothing learnt)
+            shown = {**config, "disable_tqdm": not bars()}
+            result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, shown)
         ctx.shared.setdefault("timings", {})["warmup"] = time.perf_counter() - t
         ckpts = [Checkpoint(f"epoch-{c.epoch}", str(c.path), str(c.path), float(c.lr)) for c in result.checkpoints]
     cached[mode] = ckpts

@@ -22,7 +22,7 @@ import torch
 from gradsift.data.records import Example
 from gradsift.data.tokenize import IGNORE, Encoded, bucket_batches, collate, encode_messages
 from gradsift.model.task import Reduction, SFTTask
-from gradsift.progress import progress
+from gradsift.progress import bars, progress
 from gradsift.recipes.base import ScoreContext
 from gradsift.score.base import Scores
 from gradsift.score.embed import target_similarity
@@ -161,7 +161,7 @@ def embed(texts: list[str], model_name: str | None = None, batch_size: int = 64)
             texts,
             batch_size=batch_size,
             normalize_embeddings=True,
-            show_progress_bar=len(texts) > 256,
+            show_progress_bar=len(texts) > 256 and bars(),
             convert_to_numpy=True,
         ),
         dtype=np.float32,

@@ -24,6 +24,7 @@ from gradsift.atomic import write_text_atomic
 from gradsift.data.load import load_examples, load_pairs
 from gradsift.data.records import Example, Kind, Pair, fingerprint
 from gradsift.report.data import Overlap, PoolItem
+from gradsift.report.markdown import truncate
 from gradsift.report.selection import render_selection_html
 from gradsift.report.selection_data import Helped, Lengths, MethodView, SelectionReport, Shares, Shown
 from gradsift.report.selection_plots import make_figures
@@ -195,7 +196,8 @@ def build_report(
     table = pq.read_table(run_dir / "scores.parquet").to_pandas()
     if len(table) != len(records):
         raise ValueError(f"{run_dir / 'scores.parquet'} has {len(table)} rows but the pool has {len(records)} records")
-    target_text = {t.id: f"{pool_item(t).prompt} → {t.response}" for t in targets}
+    # the question and the answer both show, however long the question
+    target_text = {t.id: f"{truncate(pool_item(t).prompt, 90)} → {truncate(t.response, 60)}" for t in targets}
     infos = config.get("methods", {})
     methods = [method_view(m, table, infos.get(m, {}), records, target_text) for m in config["settings"]["methods"]]
     selections = {m.name: m.selected for m in methods}

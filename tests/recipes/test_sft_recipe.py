@@ -145,6 +145,10 @@ def test_outputs_without_warmup(nowarm, data):
     assert len(table) == N_POOL
     for m in ("less", "prism", "bids"):
         assert {f"score_{m}", f"rank_{m}", f"selected_{m}"} <= set(table.columns)
+        # "why this example": the 3 targets each candidate helps most, ids of the run's targets
+        helps = [f"{m}_help_{j}_{part}" for j in (1, 2, 3) for part in ("id", "value")]
+        assert set(helps) <= set(table.columns)
+        assert set(table[f"{m}_help_1_id"]) <= {t.id for t in load_examples(str(data["targets"]), kind=Kind.TARGET)}
         assert len(res.selections[m]) == len(set(res.selections[m])) == BUDGET
         assert table[f"selected_{m}"].sum() == BUDGET
         assert sorted(np.flatnonzero(table[f"selected_{m}"])) == sorted(res.selections[m])

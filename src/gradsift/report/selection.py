@@ -85,7 +85,7 @@ def matrix_table(names: list[str], mat: np.ndarray) -> Table:
 def _why(shown: Shown) -> str:
     if shown.helps:
         return "\n".join(
-            f"{j + 1}. {h.target_id} ({fmt(h.value, 3)})" + (f": {truncate(h.text, 100)}" if h.text else "")
+            f"{j + 1}. {h.target_id} ({fmt(h.value, 3)})" + (f": {truncate(h.text, 160)}" if h.text else "")
             for j, h in enumerate(shown.helps)
         )
     if shown.band:

@@ -155,10 +155,13 @@ def overlap(data: SelectionReport) -> bytes | None:
 
 
 def rank_scatter(data: SelectionReport) -> bytes | None:
-    """Score percentile of one method against another's for the first method pairs, on a subsample of at most
-    `MAX_POINTS` candidates; candidates either method selected in colour."""
+    """Score percentile of one method against another's for up to `MAX_PAIRS` method pairs (pairs with the
+    random baseline last), on a subsample of at most `MAX_POINTS` candidates; candidates either method selected
+    in colour."""
     methods = [m for m in data.methods if np.isfinite(m.plotted).sum() >= 2]
-    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]][:MAX_PAIRS]
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
+    # pairs with the random baseline last: its agreement with anything is chance
+    pairs = sorted(pairs, key=lambda p: "random" in (p[0].name, p[1].name))[:MAX_PAIRS]
     if not pairs:
         return None
     n = data.n_pool

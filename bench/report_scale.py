@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "| step | wall s | CPU s |",
         "| --- | --- | --- |",
         f"| synthetic run written (scores from gradsift's scoring functions) | {made:.2f} | |",
-        f"| report from records in memory (what `gradsift select` does; first, so it pays the imports of "
-        f"pandas, scipy and matplotlib) | {in_memory[0]:.2f} | {in_memory[1]:.2f} |",
+        f"| report from records in memory (what `gradsift select` does; the first page of the process, so it "
+        f"pays matplotlib's import) | {in_memory[0]:.2f} | {in_memory[1]:.2f} |",
         f"| `gradsift.rebuild_report(run_dir)`: reads the pool again, then the same | {rebuilt[0]:.2f} | "
         f"{rebuilt[1]:.2f} |",
         "",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from gradsift.report.markdown import truncate
 from gradsift.report.selection import render_selection_html
 from gradsift.report.selection_data import Helped, Lengths, MethodView, SelectionReport, Shares, Shown
 from gradsift.report.selection_plots import make_figures
-from gradsift.stats import expected_random_jaccard, jaccard_matrix, spearman
+from gradsift.stats import average_ranks, expected_random_jaccard, jaccard_matrix, spearman
 
 REPORT = "report.html"
 N_TOP = 10
@@ -71,8 +70,8 @@ def _quantiles(values: np.ndarray) -> list[float]:
     return [float(q) for q in np.percentile(values, [0, 25, 50, 75, 100])]
 
 
-def _column(table: Any, name: str) -> np.ndarray | None:
-    return table[name].to_numpy() if name in table.columns else None
+Columns = dict[str, np.ndarray]
+"""``scores.parquet`` as column name -> values [N] (strings as objects, None where missing)."""
 
 
 def _order(method: str, info: dict[str, Any], n_selected: int) -> str:
@@ -96,24 +95,24 @@ def _num(x: float) -> str:
 
 def method_view(
     method: str,
-    table: Any,
+    table: Columns,
     info: dict[str, Any],
     records: Sequence[Example | Pair],
     target_text: dict[str, str],
 ) -> MethodView:
     """One method's part of the report, from its ``scores.parquet`` columns and ``config.json`` facts."""
-    score = np.asarray(table[f"score_{method}"].to_numpy(), dtype=np.float64)
-    rank = table[f"rank_{method}"].to_numpy()
+    score = np.asarray(table[f"score_{method}"], dtype=np.float64)
+    rank = table[f"rank_{method}"]
     chosen = np.flatnonzero(rank >= 0)
     selected = chosen[np.argsort(rank[chosen], kind="stable")]
-    band_cols = [c for c in BAND_METHODS.get(method, []) if f"{method}_pct_{c}" in table.columns]
-    in_band_col = _column(table, f"{method}_in_band") if method == "fusion" else None
+    band_cols = [c for c in BAND_METHODS.get(method, []) if f"{method}_pct_{c}" in table]
+    in_band_col = table.get(f"{method}_in_band") if method == "fusion" else None
     if band_cols and in_band_col is None:
-        in_band_col = _column(table, f"{method}_in_band_{band_cols[0]}")
+        in_band_col = table.get(f"{method}_in_band_{band_cols[0]}")
     plotted, label, cuts = score, "score", []
     if band_cols and info.get("mode") == "band":
         first = band_cols[0]
-        plotted = np.asarray(table[f"{method}_{first}"].to_numpy(), dtype=np.float64)
+        plotted = np.asarray(table[f"{method}_{first}"], dtype=np.float64)
         label = LABELS.get(first, first)
         limits = info.get("band", {}).get("limits", {}).get(first)
         if limits:
@@ -125,11 +124,11 @@ def method_view(
         if len(picked):
             cuts = [(float(picked.min()), "cut")]
     helps_k = 0
-    while f"{method}_help_{helps_k + 1}_id" in table.columns:
+    while f"{method}_help_{helps_k + 1}_id" in table:
         helps_k += 1
-    help_ids = [table[f"{method}_help_{j + 1}_id"].to_numpy() for j in range(helps_k)]
-    help_values = [table[f"{method}_help_{j + 1}_value"].to_numpy() for j in range(helps_k)]
-    pct_cols = {LABELS.get(c, c): table[f"{method}_pct_{c}"].to_numpy() for c in band_cols}
+    help_ids = [table[f"{method}_help_{j + 1}_id"] for j in range(helps_k)]
+    help_values = [table[f"{method}_help_{j + 1}_value"] for j in range(helps_k)]
+    pct_cols = {LABELS.get(c, c): table[f"{method}_pct_{c}"] for c in band_cols}
 
     def shown(row: int) -> Shown:
         helps = [
@@ -157,6 +156,7 @@ def method_view(
         score=score,
         plotted=plotted,
         plotted_label=label,
+        percentile=_percentiles(plotted),
         cuts=cuts,
         order=_order(method, info, len(selected)),
         top=[shown(int(r)) for r in selected[:N_TOP]],
@@ -193,9 +193,12 @@ def build_report(
     run_dir = Path(run_dir)
     # as config.json holds it (sorted keys), so a page made during the run and one rebuilt from the file agree
     config = json.loads(json.dumps(config, sort_keys=True, default=str))
-    table = pq.read_table(run_dir / "scores.parquet").to_pandas()
-    if len(table) != len(records):
-        raise ValueError(f"{run_dir / 'scores.parquet'} has {len(table)} rows but the pool has {len(records)} records")
+    parquet = pq.read_table(run_dir / "scores.parquet")
+    if parquet.num_rows != len(records):
+        raise ValueError(
+            f"{run_dir / 'scores.parquet'} has {parquet.num_rows} rows but the pool has {len(records)} records"
+        )
+    table = {name: parquet.column(name).to_numpy(zero_copy_only=False) for name in parquet.column_names}
     # the question and the answer both show, however long the question
     target_text = {t.id: f"{truncate(pool_item(t).prompt, 90)} → {truncate(t.response, 60)}" for t in targets}
     infos = config.get("methods", {})
@@ -209,12 +212,10 @@ def build_report(
     names = list(selections)
     largest = max((len(r) for r in selections.values()), default=0)
     rho = np.eye(len(names))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a constant score has no rank correlation: NaN, shown as "-"
-        for i, a in enumerate(methods):
-            for j in range(i + 1, len(methods)):
-                r = spearman(a.plotted, methods[j].plotted)
-                rho[i, j] = rho[j, i] = np.nan if r is None else r
+    for i, a in enumerate(methods):
+        for j in range(i + 1, len(methods)):
+            r = spearman(a.plotted, methods[j].plotted)
+            rho[i, j] = rho[j, i] = np.nan if r is None else r  # a constant score has none: shown as "-"
     detail: dict[str, float] = {}
     for info in infos.values():
         detail.update({k: float(v) for k, v in (info.get("timings_s") or {}).items()})
@@ -241,6 +242,15 @@ def build_report(
         tokenization=dict(config.get("tokenization") or {}),
         notes=list(notes),
     )
+
+
+def _percentiles(values: np.ndarray) -> np.ndarray:
+    """Mid-rank percentile in (0, 100) of each finite value, ties sharing one; NaN elsewhere."""
+    ok = np.isfinite(values)
+    out = np.full(len(values), np.nan)
+    if ok.any():
+        out[ok] = 100.0 * (average_ranks(values[ok]) - 0.5) / int(ok.sum())
+    return out
 
 
 def _stages(timings: dict[str, float], methods: Sequence[str]) -> dict[str, float]:

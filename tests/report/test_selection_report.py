@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy.stats import rankdata
 
 from gradsift.data.load import load_examples, load_pairs, write_jsonl
 from gradsift.data.records import Kind, fingerprint
@@ -78,6 +79,7 @@ def test_the_data_matches_the_run(run):
             by_id = {t.id: t for t in targets}
             assert all(by_id[h.target_id].response in h.text for h in s.helps)
         assert m.cuts == ([] if m.name == "bids" else [(float(score[m.selected].min()), "cut")])
+        np.testing.assert_allclose(m.percentile, 100 * (rankdata(score) - 0.5) / len(score))
     # shares and lengths
     assert data.tasks.counts == sorted(data.tasks.counts, reverse=True) and sum(data.tasks.counts) == 400
     for name, shares in data.tasks.selections.items():

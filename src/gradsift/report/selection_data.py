@@ -67,6 +67,8 @@ class MethodView:
         plotted: The values whose distribution the report draws [N]: the score, or for band methods the raw
             value the band is taken on.
         plotted_label: What `plotted` is.
+        percentile: Mid-rank percentile of each candidate's plotted value among the finite ones [N], in
+            (0, 100), ties sharing one; NaN where the value is not finite.
         cuts: Vertical lines on the distribution: ``(value, label)``, e.g. the lowest selected score or the
             band limits.
         order: How the selection was made, one sentence.
@@ -81,6 +83,7 @@ class MethodView:
     score: np.ndarray
     plotted: np.ndarray
     plotted_label: str
+    percentile: np.ndarray
     cuts: list[tuple[float, str]] = field(default_factory=list)
     order: str = ""
     top: list[Shown] = field(default_factory=list)

@@ -158,7 +158,7 @@ def rank_scatter(data: SelectionReport) -> bytes | None:
     """Score percentile of one method against another's for up to `MAX_PAIRS` method pairs (pairs with the
     random baseline last), on a subsample of at most `MAX_POINTS` candidates; candidates either method selected
     in colour."""
-    methods = [m for m in data.methods if np.isfinite(m.plotted).sum() >= 2]
+    methods = [m for m in data.methods if np.isfinite(m.percentile).sum() >= 2]
     pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
     # pairs with the random baseline last: its agreement with anything is chance
     pairs = sorted(pairs, key=lambda p: "random" in (p[0].name, p[1].name))[:MAX_PAIRS]
@@ -173,7 +173,7 @@ def rank_scatter(data: SelectionReport) -> bytes | None:
     fig = Figure(figsize=(3.6 * ncols, 3.4 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for ax, (a, b) in zip(axes, pairs, strict=False):
-        pa, pb = _percentiles(a.plotted)[sample], _percentiles(b.plotted)[sample]
+        pa, pb = a.percentile[sample], b.percentile[sample]
         in_a = np.isin(sample, a.selected)
         in_b = np.isin(sample, b.selected)
         groups = (
@@ -234,16 +234,4 @@ def make_figures(data: SelectionReport) -> dict[str, bytes]:
         png = draw(data)
         if png is not None:
             out[name] = png
-    return out
-
-
-def _percentiles(values: np.ndarray) -> np.ndarray:
-    """Mid-rank percentile in (0, 100) of each finite value (ties share one), NaN elsewhere."""
-    from scipy.stats import rankdata
-
-    v = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(v)
-    out = np.full(len(v), np.nan)
-    if ok.any():
-        out[ok] = 100.0 * (rankdata(v[ok], method="average") - 0.5) / int(ok.sum())
     return out

@@ -35,6 +35,8 @@ N_BOTTOM = 5
 BAND_METHODS = {"tif": ["if"], "lossdiff": ["lossdiff"], "irm": ["irm"], "fusion": ["lossdiff", "irm"]}
 """Band methods and the columns their bands are taken on (`gradsift.recipes.preference`)."""
 LABELS = {"if": "IF", "lossdiff": "LossDiff", "irm": "IRM"}
+Columns = dict[str, np.ndarray]
+"""``scores.parquet`` as column name -> values [N] (strings as objects, None where missing)."""
 
 
 def pool_item(r: Example | Pair) -> PoolItem:
@@ -70,16 +72,12 @@ def _quantiles(values: np.ndarray) -> list[float]:
     return [float(q) for q in np.percentile(values, [0, 25, 50, 75, 100])]
 
 
-Columns = dict[str, np.ndarray]
-"""``scores.parquet`` as column name -> values [N] (strings as objects, None where missing)."""
-
-
 def _order(method: str, info: dict[str, Any], n_selected: int) -> str:
     """How a method's selection was made, in one sentence."""
     if method == "bids":
         return (
-            "BIDS's iterative pick: each step the candidate with the largest z-scored influence on a target, "
-            "less the selection's mean"
+            "BIDS's iterative pick: each step the candidate whose influence on some target (column z-scored "
+            "unless bids_normalize=false) most exceeds the selection's mean influence on it"
         )
     band = info.get("band")
     if method in BAND_METHODS and band and info.get("mode") == "band":

@@ -7,18 +7,19 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradsift"
-GROUND = {"atomic", "stats", "machine", "version", "settings", "rundir"}
+GROUND = {"atomic", "stats", "machine", "version", "settings", "rundir", "progress"}
 ALLOWED = {
     "cli": {"gradsift", "cli"},
-    "api": {"benchmark", "pipeline", "recipes", "selection", "score", "gradients", "training", "evaluation"}
-    | {"model", "store", "data", "report"}
+    "api": {"benchmark", "pipeline", "select_report", "recipes", "selection", "score", "gradients", "training"}
+    | {"evaluation", "model", "store", "data", "report"}
     | GROUND,
     "gradsift": {"api", "benchmark", "pipeline", "gradients", "training", "evaluation", "store", "version"},
     "__main__": {"cli"},
     "benchmark": {"pipeline", "recipes", "selection", "score", "gradients", "training", "evaluation", "model"}
     | {"store", "data", "report"}
     | GROUND,
-    "pipeline": {"recipes", "selection", "score", "model", "store", "data"} | GROUND,
+    "pipeline": {"select_report", "recipes", "selection", "score", "model", "store", "data"} | GROUND,
+    "select_report": {"data", "report"} | GROUND,
     "recipes": {"selection", "score", "gradients", "training", "evaluation", "model", "store", "data"} | GROUND,
     "selection": {"score"} | GROUND,
     "score": set(),

@@ -11,7 +11,8 @@ The public API: one function per stage, with its config dataclass and result typ
 | compare selectors | `bench` | `BenchConfig` | `BenchResult` |
 
 plus `demo_data`, the demo's generated pool and targets, `config_from` (a stage's config from a mapping such as
-a YAML file), `methods_help` and `method_options` (the method registry). The functions live in `gradsift.api`.
+a YAML file), `methods_help` and `method_options` (the method registry), `rebuild_report` (rebuild a selection's
+``report.html``) and `set_progress` (progress bars or log lines). The functions live in `gradsift.api`.
 
 Names are resolved on first use (PEP 562), so ``import gradsift`` stays light: torch and the stages load
 when a function or config is first touched.
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
         features,
         method_options,
         methods_help,
+        rebuild_report,
         select,
+        set_progress,
         train,
     )
     from gradsift.benchmark.config import BenchConfig
@@ -56,6 +59,8 @@ _HOMES = {
     "config_from": "gradsift.api",
     "methods_help": "gradsift.api",
     "method_options": "gradsift.api",
+    "rebuild_report": "gradsift.api",
+    "set_progress": "gradsift.api",
     "SelectConfig": "gradsift.pipeline",
     "SelectResult": "gradsift.pipeline",
     "FeatureConfig": "gradsift.gradients.extract",
@@ -85,7 +90,9 @@ __all__ = [
     "features",
     "method_options",
     "methods_help",
+    "rebuild_report",
     "select",
+    "set_progress",
     "train",
 ]
 

@@ -203,6 +203,69 @@ def bench(config: BenchConfig) -> BenchResult:
     return run_bench(config)
 
 
+def rebuild_report(run_dir: str | Path, *, pool: str | None = None, targets: str | None = None) -> Path:
+    """Rebuild the ``report.html`` of a finished selection run from its files.
+
+    ``gradsift select`` writes the page itself; this rebuilds it, e.g. after the report code changed or when
+    the page was deleted. The page shows each method's score distribution with its cut, the composition of
+    pool and selection (task, source file, response length), the overlap between methods, each method's
+    first selected and lowest-valued examples with the targets they help most (LESS, PRISM, BIDS) or their
+    position in the band (TIF-family), the time by stage and the settings; it is one self-contained file.
+
+    Args:
+        run_dir: A ``gradsift select`` output directory (``config.json``, ``scores.parquet``).
+        pool: The pool's path, when it is no longer where ``config.json`` says (it must be the same data).
+        targets: The targets' path, likewise (without them the helped targets are shown by id only).
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        FileNotFoundError: An unfinished run directory, or a pool that is not where it was.
+        ValueError: A pool other than the one the run selected from.
+
+    Example:
+        >>> import gradsift
+        >>> page = gradsift.rebuild_report("runs/less")  # runs/less/report.html
+    """
+    from gradsift.select_report import rebuild_report as rebuild
+
+    return rebuild(run_dir, pool, targets)
+
+
+def set_progress(mode: str = "auto") -> None:
+    """Choose how long stages (feature passes, forward passes, generation) show their progress.
+
+    ``auto`` (the default): a bar with an ETA when stderr is a terminal, otherwise one log line at most every
+    30 s on the ``gradsift.progress`` logger (readable in a scheduler's or CI's log); ``bar``: always a bar;
+    ``log``: always log lines (``gradsift --quiet``); ``off``: nothing. Where no bar is drawn, the bars of
+    transformers and datasets (weight loading, data processing) and of the trainers of gradsift's warm-ups
+    are switched off too.
+
+    Args:
+        mode: ``auto``, ``bar``, ``log`` or ``off``.
+
+    Raises:
+        ValueError: An unknown mode.
+
+    Example:
+        >>> import logging, gradsift
+        >>> logging.basicConfig(level=logging.INFO)
+        >>> gradsift.set_progress("log")
+    """
+    from datasets.utils import logging as ds_logging
+    from transformers.utils import logging as hf_logging
+
+    from gradsift.progress import bars, set_mode
+
+    set_mode(mode)
+    for library in (hf_logging, ds_logging):
+        if bars():
+            library.enable_progress_bar()
+        else:
+            library.disable_progress_bar()
+
+
 def demo_data(out_dir: str | Path, n_pool: int = 240, n_targets: int = 16, seed: int = 0) -> tuple[Path, Path]:
     """Write the demo's data: a generated multi-skill instruction pool and arithmetic targets.
 

@@ -3,8 +3,9 @@
 This is the Python API behind ``gradsift select``. Outputs in ``out``:
 ``selected.jsonl`` (the first method's selection: original records plus ``gradsift_score``),
 ``selected-<method>.jsonl`` for further methods, ``scores.parquet`` (every candidate, every method's
-score, rank and selection flag) and ``config.json`` (all settings, model and data fingerprints,
-timings, each method's selection size), written last, so a directory with ``config.json`` is complete.
+score, rank and selection flag), ``report.html`` (what was picked, why and at what cost, `gradsift.select_report`)
+and ``config.json`` (all settings, model and data fingerprints, timings, each method's selection size), written
+last, so a directory with ``config.json`` is complete.
 
 Budget: a budget given keeps that many candidates with every method. Without one each method keeps its own
 default: `gradsift.recipes.base.DEFAULT_BUDGET` (5%) for the methods that keep their top scores and for BIDS,
@@ -26,7 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from gradsift.atomic import write_bytes_atomic, write_json_atomic
-from gradsift.data.load import load_examples, load_pairs, write_records
+from gradsift.data.export import WriteFormat, write_selection
+from gradsift.data.load import load_examples, load_pairs
 from gradsift.data.records import Kind, fingerprint
 from gradsift.model.load import MODEL_HELP, DType, LoadedModel, ModelSettings, load_model
 from gradsift.recipes.base import Recipe, ScoreContext
@@ -74,6 +76,8 @@ class SelectConfig:
             runs that share it share their features.
         overwrite: Replace the outputs of a run with different settings in `out`.
         options: Method options by name, checked against `gradsift.recipes.options` when the config is built.
+        write_format: How ``selected*.jsonl`` hold the records: ``original`` (as read), or ``messages`` and
+            ``prompt-completion``, TRL's conversational formats (`gradsift.data.export`).
     """
 
     pool: str = setting(
@@ -110,10 +114,16 @@ class SelectConfig:
     options: dict[str, Any] = setting(
         default_factory=dict, help="method option (repeatable; see --help-options)", flag="--option"
     )
+    write_format: str = setting(
+        "original",
+        help="selected*.jsonl as read (original) or in TRL's formats",
+        choices=("original", "messages", "prompt-completion"),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
         self.methods = [m.value for m in Method.parse_list(self.methods)]
+        self.write_format = WriteFormat.parse(self.write_format).value
         if self.budget is not None:
             Budget.parse(self.budget)
         if self.max_length < 8:
@@ -152,6 +162,7 @@ class SelectResult:
         n_pool: Candidates in the pool.
         budget: The budget given, or the default of the methods that keep their top scores, as a count.
         summary: Method -> task -> shares of the selection and of the pool.
+        report: The ``report.html`` written, or None when it could not be (a warning says why).
     """
 
     out: Path
@@ -160,6 +171,7 @@ class SelectResult:
     n_pool: int
     budget: int
     summary: dict[str, Any]
+    report: Path | None = None
 
 
 def make_scorer(method: Method) -> Recipe:
@@ -193,7 +205,7 @@ def make_scorer(method: Method) -> Recipe:
 def _outputs(cfg: SelectConfig) -> tuple[str, ...]:
     """What a run writes into ``out`` (the cache aside)."""
     selected = ["selected.jsonl", *(f"selected-{m}.jsonl" for m in cfg.methods[1:])]
-    return (*selected, "scores.parquet", CONFIG)
+    return (*selected, "scores.parquet", "report.html", CONFIG)
 
 
 def run_select(cfg: SelectConfig) -> SelectResult:
@@ -304,9 +316,26 @@ def _run(cfg: SelectConfig, out: Path, run: RunDir, t0: float) -> SelectResult:
         "task_shares": summary,
         "timings_s": {k_: round(v, 3) for k_, v in timings.items()},
     }
+    report = _write_report(out, config, records, targets)
     run.finish()
     write_json_atomic(out / CONFIG, config)
-    return SelectResult(out=out, selections=selections, scores=scores, n_pool=n, budget=k, summary=summary)
+    return SelectResult(
+        out=out, selections=selections, scores=scores, n_pool=n, budget=k, summary=summary, report=report
+    )
+
+
+def _write_report(out: Path, config: dict[str, Any], records: list[Any], targets: list[Any]) -> Path | None:
+    """``report.html``, its time added to ``config``; a failure is a warning, not a lost selection."""
+    from gradsift.select_report import write_report
+
+    t = time.perf_counter()
+    try:
+        path = write_report(out, config, records, targets)
+    except Exception as err:  # the selection's outputs are written and the page can be rebuilt
+        log.warning("report.html could not be written (%s); rebuild it with: gradsift report %s", err, out)
+        return None
+    config["timings_s"]["report"] = round(time.perf_counter() - t, 3)
+    return path
 
 
 def _write_outputs(
@@ -336,9 +365,10 @@ def _write_outputs(
     write_bytes_atomic(out / "scores.parquet", buf.getvalue().to_pybytes())
     for i, (m, rows) in enumerate(selections.items()):
         name = "selected.jsonl" if i == 0 else f"selected-{m}.jsonl"
-        write_records(
+        write_selection(
             out / name,
             [records[r] for r in rows],
+            cfg.write_format,
             {
                 "gradsift_id": [records[r].id for r in rows],
                 "gradsift_score": [float(scores[m].score[r]) for r in rows],

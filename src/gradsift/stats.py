@@ -70,16 +70,37 @@ def task_shares(tasks: Sequence[str | None], rows: Sequence[int]) -> dict[str, d
     return {t: {"pool": pool[t] / n, "selected": sel.get(t, 0) / k, "n_selected": sel.get(t, 0)} for t in pool}
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman rank correlation over the rows where both are finite (None when fewer than 3 such rows)."""
-    from scipy.stats import spearmanr
+def average_ranks(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """1-based ranks of `values` [N], tied values sharing the mean of their ranks (scipy's ``rankdata``
+    ``average``), in numpy alone: O(N log N), no scipy import.
 
+    Example:
+        >>> average_ranks([3.0, 1.0, 3.0, 2.0]).tolist()
+        [3.5, 1.0, 3.5, 2.0]
+    """
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    ordered = v[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(v) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(v)]
+    ranks = np.empty(len(v))
+    # a tie group holding sorted positions start..end-1 shares rank (start + 1 + end) / 2
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation over the rows where both are finite: the Pearson correlation of their
+    `average_ranks` (None when fewer than 3 such rows, or when either is constant there)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3:
         return None
-    rho = spearmanr(a[ok], b[ok]).statistic
-    return float(rho) if np.isfinite(rho) else None
+    ra, rb = average_ranks(a[ok]), average_ranks(b[ok])
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -80,3 +81,23 @@ def test_missing_arguments_and_yaml_config(tmp_path, capsys, tiny_model_dir):
     cfg.write_text(f"pool: {pool}\nout: {tmp_path / 'o'}\nmethods: [random]\nbudget: 5\nmodel: {tiny_model_dir}\n")
     assert main(["select", "--config", str(cfg), "--budget", "4"]) == 0
     assert len((tmp_path / "o" / "selected.jsonl").read_text().splitlines()) == 4
+
+
+def test_quiet_select_logs_one_line_per_stage_and_report_rebuilds_the_page(tmp_path, tiny_model_dir, capsys):
+    pool, _ = demo_data(tmp_path / "d", n_pool=30, n_targets=3)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gradsift", "select", "--pool", str(pool), "--out", str(out), "--method", "loss"]
+    cmd += ["--model", str(tiny_model_dir), "--device", "cpu", "--max-length", "96", "--budget", "5"]
+    r = subprocess.run([*cmd, "--quiet", "--write-format", "messages"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    # a log file gets whole lines: no bar redrawn with carriage returns, gradsift's progress as one line
+    assert "\r" not in r.stderr
+    assert re.search(r"INFO gradsift\.progress: loss: 30/30 ex \(100%\), [0-9.]+ ex/s, elapsed \d+s", r.stderr)
+    assert "report.html" in r.stdout and (out / "report.html").exists()
+    assert "messages" in json.loads((out / "selected.jsonl").read_text().splitlines()[0])
+
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {out / 'report.html'}" and (out / "report.html").exists()
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "finished gradsift select run" in capsys.readouterr().err

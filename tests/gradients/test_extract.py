@@ -313,8 +313,9 @@ def cli_config(data: Path, out: Path, model: Path) -> FeatureConfig:
 
 
 def bar_totals(stderr: str) -> list[int]:
-    """Totals of the progress bars a run printed (rows it computed)."""
-    return [int(t) for t in re.findall(r"features [^:\n]+: +0%\|[^|]*\| *0/(\d+) \[", stderr)]
+    """Rows each feature pass of a run computed, from its last progress line (a subprocess's stderr is no
+    terminal, so progress comes as log lines: ``features NAME: 30/30 ex (100%), ...``)."""
+    return [int(t) for t in re.findall(r"gradsift\.progress: features [^:\n]+: (\d+)/\1 ex", stderr)]
 
 
 def assert_same_store(got: FeatureStore, want: FeatureStore) -> None:

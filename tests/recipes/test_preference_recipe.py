@@ -216,6 +216,11 @@ def test_every_scorer_selects_inside_its_band(scored):
         assert s.info["dpo_pool"]["trl_counts"]["dropped_ids"] == ["long"]
         assert s.info["truncated_by_max_length"]["pool"]["truncated_ids"] == ["long"]
         assert np.isfinite(s.columns[{"tif": "if", "fusion": "lossdiff"}.get(name, name)]).all()
+        # each pair's position in each band: the percentile rank of the value the band is taken on
+        for col in {"tif": ["if"], "fusion": ["lossdiff", "irm"]}.get(name, [name]):
+            pct, values = s.columns[f"pct_{col}"], s.columns[col]
+            assert ((pct > 0) & (pct < 100)).all()
+            assert np.argsort(pct, kind="stable").tolist() == np.argsort(values, kind="stable").tolist()
     fusion = out["fusion"].columns
     np.testing.assert_array_equal(fusion["in_band"], fusion["in_band_lossdiff"] & fusion["in_band_irm"])
     np.testing.assert_array_equal(fusion["lossdiff"], out["lossdiff"].columns["lossdiff"])

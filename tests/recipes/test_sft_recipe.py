@@ -104,6 +104,16 @@ def _per_task_means(a: np.ndarray, tasks: list[str]) -> dict[str, np.ndarray]:
     return {t: a[:, [j for j, u in enumerate(tasks) if u == t]].mean(axis=1) for t in names}
 
 
+def _check_helps(scores, a: np.ndarray, targets: Path, rtol: float = 1e-4) -> None:
+    """The "helps most" columns of `scores` are the three largest entries of each row of `a` [N, M]."""
+    ids = [t.id for t in load_examples(str(targets), kind=Kind.TARGET)]
+    order = np.argsort(-a, axis=1, kind="stable")[:, :3]
+    for j in range(3):
+        assert scores.columns[f"help_{j + 1}_id"].tolist() == [ids[c] for c in order[:, j]]
+        want = np.take_along_axis(a, order[:, j : j + 1], axis=1)[:, 0]
+        np.testing.assert_allclose(scores.columns[f"help_{j + 1}_value"], want, rtol=rtol, atol=rtol * np.abs(a).max())
+
+
 def _mtimes(cache: Path) -> dict[str, int]:
     """Modification times of the files that hold computed results (features, warm-up weights and moments)."""
     kinds = ("*.npy", "*.safetensors", "metadata.json", "checkpoint.json", "warmup.json", "prism-greedy-*.json")
@@ -135,6 +145,10 @@ def test_outputs_without_warmup(nowarm, data):
     assert len(table) == N_POOL
     for m in ("less", "prism", "bids"):
         assert {f"score_{m}", f"rank_{m}", f"selected_{m}"} <= set(table.columns)
+        # "why this example": the 3 targets each candidate helps most, ids of the run's targets
+        helps = [f"{m}_help_{j}_{part}" for j in (1, 2, 3) for part in ("id", "value")]
+        assert set(helps) <= set(table.columns)
+        assert set(table[f"{m}_help_1_id"]) <= {t.id for t in load_examples(str(data["targets"]), kind=Kind.TARGET)}
         assert len(res.selections[m]) == len(set(res.selections[m])) == BUDGET
         assert table[f"selected_{m}"].sum() == BUDGET
         assert sorted(np.flatnonzero(table[f"selected_{m}"])) == sorted(res.selections[m])
@@ -205,7 +219,8 @@ def test_less_aggregations_from_stores(model_dir, data, tmp_path_factory, aggreg
     }[aggregation]
     scores = res.scores["less"]
     np.testing.assert_allclose(scores.score, expected, rtol=1e-5, atol=1e-5)
-    assert sorted(scores.columns) == ["task_arithmetic", "task_capitals"]
+    assert sorted(c for c in scores.columns if c.startswith("task_")) == ["task_arithmetic", "task_capitals"]
+    _check_helps(scores, a, data["two"])
     for task, m in means.items():
         np.testing.assert_allclose(scores.columns[f"task_{task}"], m, rtol=1e-5, atol=1e-6)
     assert scores.info["aggregation"] == aggregation
@@ -222,6 +237,7 @@ def test_bids_equals_bids_select_on_matrix_from_stores(model_dir, data, tmp_path
     # the score column is BIDS' first-step criterion: the best column-z-scored influence
     z = (a - a.mean(axis=0)) / a.std(axis=0)
     np.testing.assert_allclose(res.scores["bids"].score, z.max(axis=1), rtol=1e-4, atol=1e-4)
+    _check_helps(res.scores["bids"], z, data["two"])
 
     info = res.scores["bids"].info
     assert [c["task"] for c in info["coverage"]] == ["arithmetic", "capitals"] and info["excluded"] == 0
@@ -263,6 +279,9 @@ def test_prism_variants_from_stores(model_dir, data, tmp_path):
 
     np.testing.assert_allclose(default.info["preference_weights"]["base"], pi, atol=1e-4)
     np.testing.assert_allclose(default.score, summed @ direction, rtol=1e-4, atol=1e-6)
+    # "helps most": the largest per-target terms, which sum to the score
+    terms = summed @ (pi[:, None] * (gp - gm)).T / len(pi)
+    _check_helps(default, terms, data["two"])
     assert uniform.info["preference_weights"] == {"base": [1.0] * 6}
     np.testing.assert_allclose(uniform.score, summed @ (gp - gm).mean(axis=0), rtol=1e-4, atol=1e-6)
     assert not np.allclose(uniform.score, default.score, rtol=1e-3)

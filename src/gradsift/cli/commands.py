@@ -1,5 +1,5 @@
-"""`gradsift train`, `gradsift evaluate` and `gradsift bench`: thin layers over `gradsift.train`,
-`gradsift.evaluate` and `gradsift.bench`.
+"""`gradsift train`, `gradsift evaluate`, `gradsift bench` and `gradsift report`: thin layers over
+`gradsift.train`, `gradsift.evaluate`, `gradsift.bench` and `gradsift.rebuild_report`.
 
 Each ``add_*_parser(sub)`` adds one subcommand to the parser's subcommands and sets its ``func``; flags left
 out fall back to the ``--config`` YAML file, then to the API's defaults.
@@ -23,6 +23,7 @@ SUMMARIES = {
     "train": "fine-tune a LoRA adapter on a data file (SFT or DPO); resumes after a kill",
     "evaluate": "score a model (and adapter) on a task; results JSON with per-example outputs",
     "bench": "compare selectors: methods x budgets x seeds, trained and evaluated, with a report",
+    "report": "rebuild a selection's report.html from its run directory",
 }
 """One line per subcommand, for ``gradsift --help``."""
 
@@ -193,6 +194,31 @@ def _versus(vs: dict[str, Any] | None) -> str:
         return "-"
     word = {"better": " better", "worse": " worse"}.get(vs["verdict"], "")
     return f"{vs['diff']:+.3g} [{vs['ci95_low']:+.3g}, {vs['ci95_high']:+.3g}]{word}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``gradsift report`` to `sub`."""
+    p = sub.add_parser(
+        "report",
+        help="rebuild a selection's report.html from its run directory",
+        description="Rebuild the self-contained report.html of a finished gradsift select run (score distributions "
+        "with the cut, composition of pool and selection, overlap between methods, top and bottom examples with "
+        "the targets they help most, time by stage, settings) from its config.json, scores.parquet and pool.",
+    )
+    p.add_argument("run_dir", help="a gradsift select output directory")
+    p.add_argument("--pool", help="the pool's path, when it moved since the run (must be the same data)")
+    p.add_argument("--targets", help="the targets' path, when they moved since the run")
+    p.set_defaults(func=cmd_report)
+    return p
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"report: {gradsift.rebuild_report(args.run_dir, pool=args.pool, targets=args.targets)}")
+    return 0
 
 
 def _number(x: Any, spec: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradsift
 from gradsift.cli.args import add_config_flags, build_config, comma_list
-from gradsift.cli.commands import SUMMARIES, add_bench_parser, add_evaluate_parser, add_train_parser
+from gradsift.cli.commands import SUMMARIES, add_bench_parser, add_evaluate_parser, add_report_parser, add_train_parser
 
 
 def select_config(args: argparse.Namespace) -> gradsift.SelectConfig:
@@ -48,7 +48,7 @@ def _print_summary(result: gradsift.SelectResult) -> None:
             task = "(no task labels)"
         table.add_row(m, str(len(rows)), f"{sel_mean:.4g} / {pool_mean:.4g}", task)
     console.print(table)
-    console.print(f"outputs in {result.out}: selected.jsonl, scores.parquet, config.json")
+    console.print(f"outputs in {result.out}: selected.jsonl, scores.parquet, report.html, config.json")
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -84,6 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for m, shares in result.summary.items():
         s = shares.get("arithmetic", {"selected": 0.0, "pool": 0.0, "n_selected": 0})
         print(f"  {m:>10}: {s['n_selected']:3d}/{result.budget} = {s['selected']:.0%}  (base rate {s['pool']:.0%})")
+    print(f"\nreport: {result.report}")
     return 0
 
 
@@ -113,6 +114,7 @@ def add_select_parser(sub: Any) -> argparse.ArgumentParser:
         "--help-options", action="store_true", help="list the options of the --method methods (default all) and exit"
     )
     add_config_flags(p, gradsift.SelectConfig)
+    p.add_argument("--quiet", action="store_true", help="progress as periodic log lines instead of bars")
     p.set_defaults(func=cmd_select)
     return p
 
@@ -127,6 +129,7 @@ def add_features_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file of settings, keys as the flags with underscores (flags override it)")
     add_config_flags(p, gradsift.FeatureConfig)
+    p.add_argument("--quiet", action="store_true", help="progress as periodic log lines instead of bars")
     p.set_defaults(func=cmd_features)
     return p
 
@@ -147,6 +150,7 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-targets", type=int, default=12, help="number of targets (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="builtin", help="model (default builtin)")
+    p.add_argument("--quiet", action="store_true", help="progress as periodic log lines instead of bars")
     p.set_defaults(func=cmd_demo)
     return p
 
@@ -158,6 +162,7 @@ _COMMANDS = {
     "train": add_train_parser,
     "evaluate": add_evaluate_parser,
     "bench": add_bench_parser,
+    "report": add_report_parser,
 }
 
 
@@ -203,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore")
         # read when transformers is first imported; importing it here would delay every command by seconds
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Bars on a terminal, one log line per half minute elsewhere or with --quiet (gradsift.progress).
+    logging.getLogger("gradsift.progress").setLevel(logging.INFO)
+    gradsift.set_progress("log" if getattr(args, "quiet", False) else "auto")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, ImportError) as e:

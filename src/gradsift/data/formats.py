@@ -327,6 +327,10 @@ def _detect(row: Mapping[str, Any], fields: FieldMap, path: str | Path | None, l
         first = turns[0] if isinstance(turns, list) and turns else None
         is_sharegpt = isinstance(first, dict) and "from" in first if first is not None else messages == "conversations"
         return Format.SHAREGPT if is_sharegpt else Format.MESSAGES
+    if not fields.given() and isinstance(row.get("prompt"), list) and isinstance(row.get("completion"), list):
+        # TRL's conversational prompt-completion (gradsift select --write-format prompt-completion), whatever
+        # original columns (Alpaca's instruction/output, ...) the record kept beside it
+        return Format.PROMPT_RESPONSE
     prompt_is_instruction = fields.prompt is None or fields.input is not None
     alpaca = _COLUMNS[Format.ALPACA]
     if prompt_is_instruction and column("prompt", alpaca["prompt"]) and column("response", alpaca["response"]):

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gradsift.atomic import write_json_atomic
 from gradsift.data.load import load_examples, load_pairs
@@ -34,6 +33,7 @@ from gradsift.gradients.projection import DenseProjector, FactorizedProjector, P
 from gradsift.model.load import MODEL_HELP, DType, LoadedModel, ModelSettings, load_model
 from gradsift.model.lora import OPTIMIZER_JSON, LoraSettings, attach_lora, load_adapter
 from gradsift.model.task import DPOTask, SFTTask
+from gradsift.progress import Progress
 from gradsift.settings import check_fields, setting
 from gradsift.store.features import FeatureStore, store_lock
 
@@ -409,7 +409,7 @@ def _fill(
         encoded, _ = encode_examples(tok, records, cfg.max_length, response=cfg.response)
         lengths = [len(e) for e in encoded]
         task = SFTTask(reduction=cfg.reduction)
-    bar = tqdm(total=len(rows), desc=f"features {Path(cfg.out).name}", unit="ex", disable=not progress)
+    bar = Progress(len(rows), f"features {Path(cfg.out).name}", "ex", enabled=progress)
     for idx in bucket_batches(lengths, cfg.batch_tokens, cfg.max_batch):
         if cfg.kind == "pair":
             items: list[Encoded] = [encoded_pairs[i][0] for i in idx] + [encoded_pairs[i][1] for i in idx]

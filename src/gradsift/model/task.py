@@ -14,9 +14,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gradsift.data.tokenize import IGNORE, Encoded, bucket_batches, collate
+from gradsift.progress import progress
 
 Reduction = Literal["mean", "sum"]
 
@@ -167,7 +167,7 @@ def pair_logps(
     device = next(model.parameters()).device
     out = np.zeros((len(encoded), 2))
     lengths = [2 * max(len(c), len(r)) for c, r in encoded]
-    with tqdm(total=len(encoded), desc=desc, unit="pair", leave=False) as bar:
+    with progress(len(encoded), desc, "pair") as bar:
         for idx in bucket_batches(lengths, batch_tokens, max_batch):
             items = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
             batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gradsift.data.records import Example
 from gradsift.data.tokenize import IGNORE, Encoded, bucket_batches, collate, encode_messages
 from gradsift.model.task import Reduction, SFTTask
+from gradsift.progress import bars, progress
 from gradsift.recipes.base import ScoreContext
 from gradsift.recipes.options import resolve
 from gradsift.score.base import Scores
@@ -57,11 +57,13 @@ def per_example_losses(
     task = SFTTask(reduction=reduction)
     out = np.full(len(encoded), np.nan)
     batches = bucket_batches([len(e) for e in encoded], batch_tokens)
-    for idx in tqdm(batches, desc=desc, unit="batch", leave=False):
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-        losses = task.losses(model, batch).double().cpu().numpy()
-        n_tok = (batch["labels"][:, 1:] != IGNORE).sum(-1).cpu().numpy()
-        out[idx] = np.where(n_tok > 0, losses, np.nan)
+    with progress(len(encoded), desc, "ex") as bar:
+        for idx in batches:
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+            losses = task.losses(model, batch).double().cpu().numpy()
+            n_tok = (batch["labels"][:, 1:] != IGNORE).sum(-1).cpu().numpy()
+            out[idx] = np.where(n_tok > 0, losses, np.nan)
+            bar.update(len(idx))
     return out
 
 
@@ -159,7 +161,7 @@ def embed(texts: list[str], model_name: str | None = None, batch_size: int = 64)
             texts,
             batch_size=batch_size,
             normalize_embeddings=True,
-            show_progress_bar=len(texts) > 256,
+            show_progress_bar=len(texts) > 256 and bars(),
             convert_to_numpy=True,
         ),
         dtype=np.float32,

@@ -49,8 +49,8 @@ gradsift's choices (options, all read from ``ctx.options``):
   list of `Pair`s); without it, from ``ctx.targets`` when every target has a ``rejected`` response.
 
 Each scorer's `Scores.score` is its selection priority (higher first, NaN outside the band in band mode; the
-raw value in top-k mode), so ``top_k(score, budget)`` reproduces ``selected``; the raw values and in-band
-flags are columns.
+raw value in top-k mode), so ``top_k(score, budget)`` reproduces ``selected``; the raw values, their percentile
+ranks (``pct_<name>``, each pair's position in its band) and the in-band flags are columns.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gradsift.atomic import write_bytes_atomic, write_json_atomic
 from gradsift.data.load import load_pairs
@@ -76,6 +75,7 @@ from gradsift.gradients.grads import DirectionSink, FlatGradients, LoraGradients
 from gradsift.model.load import LoadedModel
 from gradsift.model.lora import LoraSettings, load_adapter
 from gradsift.model.task import DPOTask, pair_logps
+from gradsift.progress import bars, progress
 from gradsift.recipes.base import ScoreContext, adapter_digest
 from gradsift.recipes.options import PREFERENCE_FAMILY, ValInit, resolve_family
 from gradsift.score.base import Scores
@@ -87,7 +87,7 @@ from gradsift.score.preference import (
     reward_margins,
     summed_direction,
 )
-from gradsift.selection.band import BandOrder, PrefMode, select_pairs
+from gradsift.selection.band import BandOrder, PrefMode, percentile_ranks, select_pairs
 from gradsift.settings import settings_hash
 from gradsift.stats import overlap, spearman
 
@@ -255,7 +255,9 @@ class PreferenceSteps:
         model = lm.model
         for adapter in init:
             model = load_adapter(model, adapter, trainable=False).merge_and_unload()
-        res = train_dpo(model, lm.tokenizer, pairs, out, self.opts.lora, config=overrides, beta=self.opts.beta)
+        # the trainer's bar follows gradsift's progress mode (a bookkeeping field: not in the key)
+        shown = {"disable_tqdm": not bars(), **overrides}
+        res = train_dpo(model, lm.tokenizer, pairs, out, self.opts.lora, config=shown, beta=self.opts.beta)
         self.info[f"dpo_{role}"] = {
             "run_dir": str(out),
             "reused": res.reused,
@@ -394,7 +396,7 @@ class PreferenceSteps:
         reference log-probabilities, when known) saves the reference forward pass."""
         task = DPOTask(beta=self.opts.beta)
         lengths = [2 * max(len(c), len(r)) for c, r in encoded]
-        with tqdm(total=len(encoded), desc=desc, unit="pair", leave=False) as bar:
+        with progress(len(encoded), desc, "pair") as bar:
             for idx in bucket_batches(lengths, max(self.ctx.batch_tokens, self.ctx.max_length)):
                 items = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
                 batch = {k: v.to(lm.device) for k, v in collate(items, lm.tokenizer.pad_token_id).items()}
@@ -513,6 +515,8 @@ def _finish(steps: PreferenceSteps, band_columns: dict[str, np.ndarray], extra: 
     budget = _budget(steps.ctx, opts)
     sel = select_pairs(band_columns, budget, opts.band_lo, opts.band_hi, opts.pref_mode, opts.band_order)
     columns = {**extra, **band_columns}
+    # Each pair's position in each band's score, for the report: the band is [band_lo, band_hi] in these units.
+    columns.update({f"pct_{name}": percentile_ranks(values) for name, values in band_columns.items()})
     for name, mask in sel.in_band.items():
         if name != "all" or len(band_columns) > 1:
             columns[f"in_band_{name}" if name != "all" else "in_band"] = mask

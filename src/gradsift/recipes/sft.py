@@ -22,6 +22,12 @@ share them:
 Options (``SelectConfig.options`` / ``--option key=value``): `gradsift.recipes.options` declares them with
 their defaults and checks (``gradsift select --method less --help-options`` lists them); the recipes read the
 checked values through `gradsift.recipes.options.resolve`.
+
+"Why this example": every method here adds, per candidate, the `HELPS` targets it helps most and by how much,
+as columns ``help_<j>_id`` and ``help_<j>_value`` (j = 1 is the most helped; the id is None where a candidate
+has no such target, e.g. a bad row). "Helps" is the method's own per-target quantity: LESS's influence
+``A_ij`` (summed over checkpoints), PRISM's per-target term ``t_q(z)`` of its score (`gradsift.score.prism`),
+BIDS's column-z-scored influence (raw ``A_ij`` with ``bids_normalize=false``), the values it selects by.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ import numpy as np
 from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example, fingerprint
 from gradsift.gradients.extract import FeatureConfig, extract_features
+from gradsift.progress import bars
 from gradsift.recipes.base import ScoreContext, adapter_digest
 from gradsift.recipes.options import resolve
 from gradsift.score.base import Scores
-from gradsift.score.influence import influence_matrix
+from gradsift.score.influence import TopTargets, influence_matrix, top_targets
 from gradsift.score.less import less_scores
 from gradsift.score.prism import prism_scores
 from gradsift.selection.bids import aggregate_select, bids_select, coverage, zscore_columns
@@ -122,7 +129,9 @@ def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
             result = load_warmup(run_dir)
         else:
             lm = ctx.fresh_model()
-            result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, config)
+            # the trainer's bar follows gradsift's progress mode (not part of the key: it changes nothing learnt)
+            shown = {**config, "disable_tqdm": not bars()}
+            result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, shown)
         ctx.shared.setdefault("timings", {})["warmup"] = time.perf_counter() - t
         ckpts = [Checkpoint(f"epoch-{c.epoch}", str(c.path), str(c.path), float(c.lr)) for c in result.checkpoints]
     cached[mode] = ckpts
@@ -249,6 +258,22 @@ def _require_targets(ctx: ScoreContext, method: str) -> list[Example]:
     return ctx.targets
 
 
+HELPS = 3
+"""Targets named per candidate in the "helps most" columns (module docstring)."""
+
+
+def help_columns(top: TopTargets, targets: list[Example], scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The "helps most" columns of `top`: ``help_<j>_id`` (the target's id, None where `top` has none) and
+    ``help_<j>_value``, each [N]; `scale` [N] multiplies the values (PRISM's summed-loss rescaling)."""
+    ids = np.array([t.id for t in targets] + [None], dtype=object)  # index -1 picks the None
+    values = top.value if scale is None else top.value * scale[:, None]
+    columns: dict[str, np.ndarray] = {}
+    for j in range(top.index.shape[1]):
+        columns[f"help_{j + 1}_id"] = ids[top.index[:, j]]
+        columns[f"help_{j + 1}_value"] = values[:, j]
+    return columns
+
+
 def _timing_info(ctx: ScoreContext) -> dict[str, float]:
     return {k: round(v, 2) for k, v in ctx.shared.get("timings", {}).items()}
 
@@ -261,8 +286,12 @@ class LessScorer:
         aggregation = _options(ctx, "less")["less_aggregation"]
         targets = _require_targets(ctx, "less")
         cands, tgts, weights, bad = less_inputs(ctx)
-        res = less_scores(cands, tgts, [t.task for t in targets], weights, aggregation=aggregation, bad=bad)
+        res = less_scores(
+            cands, tgts, [t.task for t in targets], weights, aggregation=aggregation, bad=bad, helps=HELPS
+        )
         columns = {f"task_{name}": res.task_scores[:, j] for j, name in enumerate(res.tasks)}
+        assert res.helps is not None  # asked for above
+        columns.update(help_columns(res.helps, targets))
         return Scores(
             score=np.where(np.isfinite(res.scores), res.scores, np.nan),
             columns=columns,
@@ -296,6 +325,7 @@ class BidsScorer:
         cov_less = coverage(z, tasks, less_sel.indices, bad=bad)
         return Scores(
             score=score,
+            columns=help_columns(top_targets(z if normalize else a, HELPS), targets),
             selected=sel.indices,
             info={
                 "coverage": [c.__dict__ for c in cov],
@@ -399,12 +429,16 @@ class PrismScorer:
             scoring=scoring,
             uniform=uniform,
             bad=bad,
+            helps=HELPS,
         )
         score = np.where(np.isfinite(res.scores), res.scores, np.nan)
-        if reduction == "sum" and scoring == "raw":
-            score = score * tokens
+        rescale = tokens if reduction == "sum" and scoring == "raw" else None
+        if rescale is not None:
+            score = score * rescale
+        assert res.helps is not None  # asked for above
         return Scores(
             score=score,
+            columns=help_columns(res.helps, given, rescale),
             info={
                 "preference_weights": {
                     ck.name: [round(float(p), 4) for p in pi] for ck, pi in zip(ckpts, res.preference, strict=True)

@@ -90,11 +90,13 @@ def html_table(t: Table, css_class: str = "", header: bool = True) -> str:
     return f'<div class="scroll"><table{attr}>{head}<tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _kv(items: dict[str, object]) -> str:
+def kv_table(items: dict[str, object]) -> str:
+    """A two-column key/value table without a header."""
     return html_table(Table(["", ""], [[k, str(v)] for k, v in items.items()], [False, False]), "kv", header=False)
 
 
-def _figure(figures: dict[str, bytes], name: str, caption: str) -> str:
+def figure_html(figures: dict[str, bytes], name: str, caption: str) -> str:
+    """Figure `name` as an inline PNG with its caption, or a placeholder when there is nothing to plot."""
     if name not in figures:
         return "<p><em>(nothing to plot)</em></p>"
     b64 = base64.b64encode(figures[name]).decode("ascii")
@@ -122,7 +124,7 @@ def _comparisons(data: ReportData, figures: dict[str, bytes]) -> list[str]:
         "interval) against what its selection cost. Points above 0 whose bars clear 0 beat random; the further "
         "left, the cheaper the gain.</p>"
     )
-    out.append(_figure(figures, "cost_quality", "Quality gain over random against selection cost, per benchmark."))
+    out.append(figure_html(figures, "cost_quality", "Quality gain over random against selection cost, per benchmark."))
     if data.lr_search is not None:
         out.append('<h3 id="lr">Learning rate</h3>')
         out.append(
@@ -162,10 +164,10 @@ def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
         f"GPU: {escape(data.machine.get('gpu', '?'))}.</p>",
         f"<nav>{nav}</nav>",
         '<div class="cols"><div><h2 id="scenario">Scenario</h2>',
-        _kv(dict(data.settings)),
+        kv_table(dict(data.settings)),
         html_table(Table(["benchmark", "task", "metric", "better", "n"], bench_rows, [False] * 4 + [True])),
         '</div><div><h2 id="machine">Machine</h2>',
-        _kv(dict(data.machine)),
+        kv_table(dict(data.machine)),
         "</div></div>",
         *_comparisons(data, figures),
         '<h2 id="efficiency">Efficiency: SDF, PIR and distance from the reference line</h2>',
@@ -174,8 +176,10 @@ def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
         f"Efficiency is the signed distance of a method's (SDF, PIR) point above the line through {escape(a)} and "
         f"{escape(b)} at the same budget (methods.md section 5); green rows lie above it, red rows below.</p>",
         html_table(efficiency_table(data)),
-        _figure(figures, "pir_vs_sdf", "PIR against SDF per method and budget; dashed: the reference lines."),
-        _figure(figures, "metric_vs_budget", "Each benchmark's metric against SDF; lines: full data and untrained."),
+        figure_html(figures, "pir_vs_sdf", "PIR against SDF per method and budget; dashed: the reference lines."),
+        figure_html(
+            figures, "metric_vs_budget", "Each benchmark's metric against SDF; lines: full data and untrained."
+        ),
         '<h2 id="results">Results</h2>',
         "<p>One row per trained model (method, budget, seed); grey rows are baselines.</p>",
         html_table(results_table(data)),
@@ -190,9 +194,9 @@ def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
         '<h2 id="balance">Task balance of the selections</h2>',
         "<p>Share of each task label in the pool and in each selection (largest budget, first seed).</p>",
         html_table(task_share_table(data)),
-        _figure(figures, "task_balance", "Task shares of the pool and of each selection."),
+        figure_html(figures, "task_balance", "Task shares of the pool and of each selection."),
         '<h2 id="scores">Score distributions</h2>',
-        _figure(figures, "score_distributions", "Each method's scores over the pool; selected rows in colour."),
+        figure_html(figures, "score_distributions", "Each method's scores over the pool; selected rows in colour."),
         '<h2 id="examples">Top and bottom examples</h2>',
         "<p>The five highest- and lowest-scored pool records of each method (text shortened).</p>",
     ]
@@ -211,7 +215,7 @@ def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
         '<div class="cols"><div>',
         html_table(overlap_table(data)),
         "</div><div>",
-        _figure(figures, "overlap", "Jaccard overlap."),
+        figure_html(figures, "overlap", "Jaccard overlap."),
         "</div></div>",
         '<h2 id="notes">Notes</h2>',
     ]

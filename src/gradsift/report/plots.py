@@ -41,7 +41,8 @@ def method_colours(methods: list[str]) -> dict[str, Any]:
     return colours
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (no metadata, so equal figures give equal bytes)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
@@ -100,7 +101,7 @@ def pir_vs_sdf(data: ReportData) -> bytes | None:
     ax.set_title(f"Efficiency: dashed = line through {ref_a} and {ref_b} at each budget")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", ncols=2)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def metric_vs_budget(data: ReportData) -> bytes | None:
@@ -142,7 +143,7 @@ def metric_vs_budget(data: ReportData) -> bytes | None:
         ax.legend(fontsize=7, loc="best")
     for ax in axes[len(benches) :]:
         ax.set_visible(False)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def cost_quality(data: ReportData) -> bytes | None:
@@ -202,7 +203,7 @@ def cost_quality(data: ReportData) -> bytes | None:
         ax.legend(fontsize=7, loc="best")
     for ax in axes[len(benches) :]:
         ax.set_visible(False)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def task_balance(data: ReportData) -> bytes | None:
@@ -220,7 +221,7 @@ def task_balance(data: ReportData) -> bytes | None:
     fig = Figure(figsize=(max(6.0, 0.9 * len(shown) + 2.5), 0.45 * len(names) + 1.8), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(float(mat.max()), 1e-9), aspect="auto")
-    ax.set_xticks(range(len(shown)), [_short(t, 18) for t in shown], rotation=35, ha="right", fontsize=8)
+    ax.set_xticks(range(len(shown)), [shorten(t, 18) for t in shown], rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     for i in range(mat.shape[0]):
         for j in range(mat.shape[1]):
@@ -236,7 +237,7 @@ def task_balance(data: ReportData) -> bytes | None:
             )
     ax.set_title("Task shares: pool and each selection (largest budget, first seed)", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8, format=lambda x, _: f"{x:.0%}")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def score_distributions(data: ReportData) -> bytes | None:
@@ -270,7 +271,7 @@ def score_distributions(data: ReportData) -> bytes | None:
         ax.legend(fontsize=7)
     for ax in axes[len(scored) :]:
         ax.set_visible(False)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def overlap(data: ReportData) -> bytes | None:
@@ -298,7 +299,7 @@ def overlap(data: ReportData) -> bytes | None:
             )
     ax.set_title("Jaccard overlap of the selections", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 FIGURES = {
@@ -338,5 +339,6 @@ def _finite(x: Any) -> bool:
         return False
 
 
-def _short(text: str, n: int) -> str:
+def shorten(text: str, n: int) -> str:
+    """`text` cut to `n` characters with an ellipsis."""
     return text if len(text) <= n else text[: n - 1] + "…"

@@ -175,6 +175,7 @@ def weighted_influence_chunks(
     normalize: bool,
     chunk_rows: int | None = None,
     bad: Any = None,
+    normalize_targets: bool | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Walk ``A = sum_c w_c * influence_c`` in row blocks, summed over checkpoints (methods.md sections 1, 4).
 
@@ -188,6 +189,9 @@ def weighted_influence_chunks(
         normalize: Cosine (True) or raw inner product (False) within each checkpoint.
         chunk_rows: Candidate rows per block; None picks about 64 MB of float32 buffers per block.
         bad: Optional boolean mask [N] of rows to exclude.
+        normalize_targets: Scale the target rows to unit norm; None: as `normalize`. False with
+            ``normalize=True`` divides by the candidate norms only, for targets the caller has scaled itself
+            (PRISM's per-target terms of a cosine score, `gradsift.score.prism`).
 
     Returns:
         An iterator of ``(start, block)`` with ``block`` float32 [n, M]; rows bad in any checkpoint are all-NaN.
@@ -197,7 +201,7 @@ def weighted_influence_chunks(
         ValueError: On mismatched checkpoints or shapes, bad weights or mask, non-finite targets, or
             ``chunk_rows < 1``.
     """
-    plan = _Plan.build(cands, targets, weights, normalize, chunk_rows, bad)
+    plan = _Plan.build(cands, targets, weights, normalize, chunk_rows, bad, normalize_targets)
     return plan.blocks()
 
 
@@ -221,12 +225,14 @@ class _Plan:
         normalize: bool,
         chunk_rows: int | None,
         bad: Any,
+        normalize_targets: bool | None = None,
     ) -> _Plan:
         if len(cands) != len(targets):
             raise ValueError(f"got candidate features for {len(cands)} checkpoints but targets for {len(targets)}")
         w = checkpoint_weights(weights, len(cands))
         cands = [rows_of(c, f"candidate features (checkpoint {i})") for i, c in enumerate(cands)]
-        targets32 = [prepare_targets(t, normalize, f"target features (checkpoint {i})") for i, t in enumerate(targets)]
+        unit = normalize if normalize_targets is None else normalize_targets
+        targets32 = [prepare_targets(t, unit, f"target features (checkpoint {i})") for i, t in enumerate(targets)]
         n, m = cands[0].shape[0], targets32[0].shape[0]
         for i, (c, t32) in enumerate(zip(cands, targets32, strict=True)):
             if c.shape[0] != n:
@@ -340,3 +346,88 @@ class TaskGroups:
         g = np.zeros((len(self.index), len(self.names)), dtype=np.float32)
         g[np.arange(len(self.index)), self.index] = 1.0 / self.sizes[self.index]
         return g
+
+
+@dataclass(frozen=True)
+class TopTargets:
+    """The targets each candidate helps most: per candidate row, the `k` largest influences and their columns.
+
+    Attributes:
+        index: int64 [N, k]: target columns, largest influence first; -1 where a row has fewer than k finite
+            entries (bad rows, or fewer than k targets).
+        value: float64 [N, k]: the influences; NaN where `index` is -1.
+    """
+
+    index: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def empty(cls, n_rows: int, k: int) -> TopTargets:
+        """A result for `n_rows` candidates with nothing filled in yet, to be filled block by block."""
+        return cls(np.full((n_rows, k), -1, dtype=np.int64), np.full((n_rows, k), np.nan))
+
+    def fill(self, start: int, block: np.ndarray) -> None:
+        """Reduce the influence rows ``start:start+len(block)`` into this result (`top_columns`)."""
+        stop = start + block.shape[0]
+        self.index[start:stop], self.value[start:stop] = top_columns(block, self.index.shape[1])
+
+
+def top_columns(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` largest finite entries of each row and their columns, largest first.
+
+    Ties go to the lowest column, as a repeated ``argmax`` would pick them: k passes over the block, each an
+    ``argmax`` with the columns already taken masked, which costs O(k * n * M) with k small (3 in the report)
+    and never sorts a row.
+
+    Args:
+        block: Influences [n, M] (float32 or float64; NaN and -inf entries are never picked).
+        k: Entries to keep per row, >= 1.
+
+    Returns:
+        ``(index, value)``: int64 [n, k] columns (-1 where a row has no further finite entry) and float64
+        [n, k] values (NaN there).
+
+    Raises:
+        ValueError: If `block` is not 2-D or ``k < 1``.
+    """
+    if block.ndim != 2:
+        raise ValueError(f"block must be 2-D [rows, targets], got shape {block.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n, m = block.shape
+    work = np.where(np.isfinite(block), block, -np.inf)
+    index = np.full((n, k), -1, dtype=np.int64)
+    value = np.full((n, k), np.nan)
+    rows = np.arange(n)
+    for j in range(min(k, m)):
+        best = work.argmax(axis=1)
+        found = np.isfinite(work[rows, best])
+        index[found, j] = best[found]
+        value[found, j] = work[rows[found], best[found]]
+        work[rows, best] = -np.inf
+    return index, value
+
+
+def top_targets(matrix: Any, k: int, chunk_rows: int | None = None) -> TopTargets:
+    """`top_columns` of a whole influence matrix (array or memmap), read in row blocks.
+
+    Args:
+        matrix: Influences [N, M].
+        k: Targets to keep per candidate.
+        chunk_rows: Rows per block; None picks about 64 MB of float32 per block.
+
+    Returns:
+        The `k` largest influences of each row and their target columns.
+
+    Raises:
+        ValueError: If `matrix` is not a non-empty 2-D array, ``k < 1`` or ``chunk_rows < 1``.
+    """
+    matrix = rows_of(matrix, "influence matrix")
+    n, m = matrix.shape
+    rows = default_chunk_rows(0, m) if chunk_rows is None else chunk_rows
+    if rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {rows}")
+    out = TopTargets.empty(n, k)
+    for start in range(0, n, rows):
+        out.fill(start, np.asarray(matrix[start : start + rows]))
+    return out

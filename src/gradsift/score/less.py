@@ -10,7 +10,9 @@ reduced over targets:
 - ``instance-max``: max of ``A_ij`` over all targets (a BIDS baseline, methods.md section 4).
 - ``sum``: sum of ``A_ij`` over all targets (a BIDS baseline).
 
-Per-task means ``[N, T]`` are returned with every variant, for reporting.
+Per-task means ``[N, T]`` are returned with every variant, for reporting, and on request the targets each
+candidate helps most: the largest ``A_ij`` of its row (`gradsift.score.influence.TopTargets`), taken from the
+same row blocks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gradsift.score.influence import TaskGroups, rows_of, weighted_influence_chunks
+from gradsift.score.influence import TaskGroups, TopTargets, rows_of, weighted_influence_chunks
 
 
 class Aggregation(StrEnum):
@@ -42,12 +44,14 @@ class InfluenceScores:
         task_scores: float64 [N, T]: mean influence over each target task's examples; ``-inf`` for bad rows.
         tasks: Target task labels, column order of `task_scores`.
         bad: bool [N]: rows excluded (masked by the caller or with non-finite features).
+        helps: The targets each candidate helps most (largest ``A_ij``), when asked for; index -1 for bad rows.
     """
 
     scores: np.ndarray
     task_scores: np.ndarray
     tasks: list[Hashable]
     bad: np.ndarray
+    helps: TopTargets | None = None
 
     @property
     def bad_rows(self) -> np.ndarray:
@@ -87,6 +91,7 @@ def less_scores(
     aggregation: Aggregation | str = Aggregation.TASK_MAX,
     bad: Any = None,
     chunk_rows: int | None = None,
+    helps: int = 0,
 ) -> InfluenceScores:
     """LESS scores of a candidate pool, streamed over row blocks (methods.md section 1).
 
@@ -99,25 +104,31 @@ def less_scores(
         aggregation: ``"task-max"`` (LESS), ``"instance-max"`` or ``"sum"``.
         bad: Optional boolean mask [N] of rows known bad (e.g. from the feature store).
         chunk_rows: Candidate rows per block; None picks about 64 MB per block.
+        helps: Also find, for each candidate, the `helps` targets with the largest ``A_ij`` (0: not).
 
     Returns:
         Scores [N], per-task mean scores [N, T] and the bad-row mask (masked rows plus rows with non-finite
-        features), bad rows scored ``-inf``.
+        features), bad rows scored ``-inf``; with `helps`, the targets each candidate helps most.
 
     Raises:
         ValueError: On mismatched shapes or checkpoints, an unknown aggregation, invalid weights or mask, or
             non-finite target features.
     """
     aggregation = Aggregation(aggregation)
+    if helps < 0:
+        raise ValueError(f"helps must be >= 0, got {helps}")
     plan = weighted_influence_chunks(candidates, targets, weights, True, chunk_rows, bad)
     n = rows_of(candidates[0], "candidate features").shape[0]
     groups = TaskGroups.from_labels(target_tasks, rows_of(targets[0], "target features").shape[0])
     scores = np.empty(n)
     task_scores = np.empty((n, len(groups.names)))
+    top = TopTargets.empty(n, helps) if helps else None
     for start, block in plan:
         stop = start + block.shape[0]
         scores[start:stop], task_scores[start:stop] = aggregate(block, groups, aggregation)
+        if top is not None:
+            top.fill(start, block)
     is_bad = ~np.isfinite(scores)
     scores[is_bad] = -np.inf
     task_scores[is_bad] = -np.inf
-    return InfluenceScores(scores, task_scores, list(groups.names), is_bad)
+    return InfluenceScores(scores, task_scores, list(groups.names), is_bad, top)

@@ -26,6 +26,16 @@ points from what the model does now towards what the user wants; a user-given ``
 generation happens where the target gradients are computed (`gradsift.recipes.sft`); this module takes the
 resulting features and losses as arrays.
 ``uniform=True`` sets every ``pi_q = 1``, the ablation the paper reports.
+
+"Helps most" (gradsift's definition, for the report): the score is a sum over targets,
+``s(z) = sum_q t_q(z)`` with the per-target term
+
+    t_q(z) = sum_c w_c (pi_{q,c} / |Q|) <g_c(z), g+_{q,c} - g-_{q,c}>                      (raw)
+    t_q(z) = sum_c w_c (pi_{q,c} / (|Q| |g*_c|)) <g_c(z), g+_{q,c} - g-_{q,c}> / |g_c(z)|  (cosine),
+
+so the targets a candidate helps most are those with the largest ``t_q(z)``: the ones whose preference
+(towards ``y+``, away from ``y-``) a step on ``z`` moves furthest, weighted as the score weighs them. The terms
+come from the same pass over the candidate rows as the score (`prism_scores` with ``helps``).
 """
 
 from __future__ import annotations
@@ -37,7 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from gradsift.score.influence import checkpoint_weights, default_chunk_rows, rows_of, weighted_influence_chunks
+from gradsift.score.influence import (
+    TopTargets,
+    checkpoint_weights,
+    default_chunk_rows,
+    inverse_norms,
+    rows_of,
+    weighted_influence_chunks,
+)
 
 
 class Scoring(StrEnum):
@@ -57,12 +74,14 @@ class PrismScores:
             ``uniform``).
         directions: float64 [C, k]: the target direction ``g*_c`` of each checkpoint.
         bad: bool [N]: rows excluded (masked by the caller or with non-finite features).
+        helps: The targets with the largest per-target terms ``t_q(z)`` (module docstring), when asked for.
     """
 
     scores: np.ndarray
     preference: np.ndarray
     directions: np.ndarray
     bad: np.ndarray
+    helps: TopTargets | None = None
 
     @property
     def bad_rows(self) -> np.ndarray:
@@ -152,6 +171,7 @@ def prism_scores(
     uniform: bool = False,
     bad: Any = None,
     chunk_rows: int | None = None,
+    helps: int = 0,
 ) -> PrismScores:
     """PRISM scores ``s(z) = sum_c w_c <g_c(z), g*_c>`` of a candidate pool (methods.md section 2).
 
@@ -168,9 +188,12 @@ def prism_scores(
         uniform: Weigh every target 1 instead of ``pi_q`` (the paper's ablation).
         bad: Optional boolean mask [N] of rows known bad.
         chunk_rows: Candidate rows per block; None picks about 64 MB per block.
+        helps: Also find, for each candidate, the `helps` targets with the largest per-target terms ``t_q(z)``
+            (module docstring), from the same pass (0: not).
 
     Returns:
-        Scores [N] (bad rows ``-inf``), the preference weights, the per-checkpoint directions and the bad mask.
+        Scores [N] (bad rows ``-inf``), the preference weights, the per-checkpoint directions, the bad mask and,
+        with `helps`, the targets each candidate helps most.
 
     Raises:
         ValueError: On mismatched checkpoints or shapes, non-finite losses or target gradients, invalid
@@ -201,13 +224,27 @@ def prism_scores(
             for gp, gm, pi in zip(grad_chosen, grad_rejected, per_checkpoint, strict=True)
         ]
     )
+    if helps < 0:
+        raise ValueError(f"helps must be >= 0, got {helps}")
+    cosine = scoring is Scoring.COSINE
+    # Column 0 of every block is the score; with `helps`, columns 1..M are the per-target terms, whose
+    # target rows carry the scale of the score's direction so that they sum to it.
+    scale = inverse_norms(np.einsum("ck,ck->c", directions, directions)) if cosine else np.ones(len(directions))
+    columns = []
+    for c, (direction, pi) in enumerate(zip(directions, per_checkpoint, strict=True)):
+        rows = [(direction * scale[c])[None, :].astype(np.float32)]
+        if helps:
+            diff = np.asarray(grad_chosen[c], dtype=np.float32) - np.asarray(grad_rejected[c], dtype=np.float32)
+            rows.append(diff * (pi * scale[c] / len(pi)).astype(np.float32)[:, None])
+        columns.append(np.concatenate(rows))
     n = rows_of(candidates[0], "candidate features").shape[0]
     scores = np.empty(n)
-    blocks = weighted_influence_chunks(
-        candidates, [d[None, :] for d in directions], weights, scoring is Scoring.COSINE, chunk_rows, bad
-    )
+    top = TopTargets.empty(n, helps) if helps else None
+    blocks = weighted_influence_chunks(candidates, columns, weights, cosine, chunk_rows, bad, normalize_targets=False)
     for start, block in blocks:
         scores[start : start + block.shape[0]] = block[:, 0]
+        if top is not None:
+            top.fill(start, block[:, 1:])
     is_bad = ~np.isfinite(scores)
     scores[is_bad] = -np.inf
-    return PrismScores(scores, preference, directions, is_bad)
+    return PrismScores(scores, preference, directions, is_bad, top)

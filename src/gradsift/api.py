@@ -45,9 +45,11 @@ def select(config: SelectConfig) -> SelectResult:
         budget in examples and the per-task shares of each selection.
 
     Raises:
-        ValueError: Bad settings, a method that needs missing targets, or an output directory holding a run
-            with other settings (without ``config.overwrite``).
+        ValueError: Bad settings or method options (checked before anything is read), a method that needs
+            missing targets, or an output directory holding a run with other settings or files gradsift did
+            not write (without ``config.overwrite``).
         DataError: Unreadable or malformed pool or targets (file, line and field named).
+        RunDirBusy: Another run holds ``config.out`` (an `OSError`; the message names the process).
 
     Example:
         >>> import gradsift

@@ -6,16 +6,19 @@ This is the Python API behind ``gradsift select``. Outputs in ``out``:
 score, rank and selection flag), ``report.html`` (what was picked, why and at what cost, `gradsift.select_report`)
 and ``config.json`` (all settings, model and data fingerprints, timings, each method's selection size), written
 last, so a directory with ``config.json`` is complete.
+``out`` is a `gradsift.rundir.RunDir`: locked for the run, refused when it holds files gradsift did not write
+or another run's settings (unless ``overwrite``), and left holding exactly this run's outputs.
 
 Budget: a budget given keeps that many candidates with every method. Without one each method keeps its own
 default: `gradsift.recipes.base.DEFAULT_BUDGET` (5%) for the methods that keep their top scores and for BIDS,
 the whole middle band for the band methods (TIF, LossDiff, IRM, fusion with ``pref_mode=band``), as their
-paper does. ``config.json`` records each method's selection size under ``n_selected``.
+paper does. ``config.json`` records each method's selection size under ``n_selected``, the budget given under
+``budget_given`` and the top-k count it came to under ``budget`` (a count above the pool keeps the whole pool,
+with a warning).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -223,7 +226,7 @@ def run_select(cfg: SelectConfig) -> SelectResult:
         keep=("cache",) if cfg.cache_dir is None else (),
         legacy=("selected.jsonl", "selected-*.jsonl", "scores.parquet", "cache"),
     )
-    with run.claim(json.loads(json.dumps(cfg.settings_for_comparison())), cfg.overwrite):
+    with run.claim(cfg.settings_for_comparison(), cfg.overwrite):
         if cfg.device.startswith("cuda"):
             cfg.model_settings().resolve_device()  # CUDA asked for but absent: say so before reading anything
         return _run(cfg, out, run, t0)

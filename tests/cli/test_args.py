@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,24 @@ def test_the_cli_imports_only_the_public_api():
             for name in names:
                 if name and name.startswith("gradsift"):
                     assert name == "gradsift" or name.startswith("gradsift.cli"), f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize(
+    ("command", "cls"),
+    [
+        ("select", "SelectConfig"),
+        ("features", "FeatureConfig"),
+        ("train", "TrainConfig"),
+        ("evaluate", "EvaluateConfig"),
+    ],
+)
+def test_every_setting_of_a_stage_has_a_flag_with_its_help(command, cls):
+    from gradsift.cli.main import build_parser
+
+    sub = next(a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices[command]._actions}
+    for f in dataclasses.fields(getattr(gradsift, cls)):
+        assert f.name in actions, f"{cls}.{f.name} has no flag"
+        assert actions[f.name].help.startswith(f.metadata["help"].replace("%", "%%")), f.name
+    assert actions["max_length"].type is int and "--max-length" in actions["max_length"].option_strings
+    assert actions["dtype"].choices == ["auto", "float32", "bfloat16", "float16"]

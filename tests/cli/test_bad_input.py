@@ -87,7 +87,9 @@ def test_unknown_option_keys_are_named(capsys, key):
         pool = Path(d) / "pool.jsonl"
         pool.write_text("".join(json.dumps(r) + "\n" for r in GOOD))
         out = Path(d) / "out"
+        # the model does not exist: the options must fail before it is looked for
         args = ["select", "--pool", str(pool), "--targets", str(pool), "--out", str(out), "--method", "less"]
+        args += ["--model", str(Path(d) / "no-model")]
         code, line = _run([*args, "--option", f"{key}=1"], capsys)
         assert code == 2 and (f"option {key!r}" in line or f"option {key} is a setting" in line), line
         assert _files(out) == []
@@ -101,7 +103,9 @@ def test_bad_option_values_are_named(capsys, kv):
         pool = Path(d) / "pool.jsonl"
         pool.write_text("".join(json.dumps(r) + "\n" for r in GOOD))
         out = Path(d) / "out"
+        # the model does not exist: the options must fail before it is looked for
         args = ["select", "--pool", str(pool), "--targets", str(pool), "--out", str(out), "--method", "less"]
+        args += ["--model", str(Path(d) / "no-model")]
         code, line = _run([*args, "--option", f"{key}={value}"], capsys)
         assert code == 2 and f"option {key}" in line, line
         assert _files(out) == []

@@ -18,6 +18,7 @@ from gradsift.cli.main import _message, main
 from gradsift.data.load import write_jsonl
 from gradsift.score.base import Method
 
+NO_MODEL = ["--model", "/nonexistent/model-dir"]
 HOLDER = """
 import sys, time
 from gradsift.rundir import RunLock
@@ -78,7 +79,8 @@ def test_select_help_lists_every_method_and_help_options_lists_a_methods_options
 def test_an_unknown_option_key_fails_at_once_naming_the_closest_key(tmp_path, pool, capsys):
     out = tmp_path / "out"
     t = time.perf_counter()
-    code = main([*select(pool, out, "--option", "warmpu=none"), "--method", "less", "--targets", str(pool)])
+    # the model named does not exist: the option must fail before it is looked for
+    code = main([*select(pool, out, "--option", "warmpu=none", "--method", "less", "--targets", str(pool)), *NO_MODEL])
     assert code == 2 and time.perf_counter() - t < 5
     assert "unknown option 'warmpu' for less (did you mean 'warmup'?)" in error_line(capsys)
     assert not out.exists()
@@ -86,7 +88,7 @@ def test_an_unknown_option_key_fails_at_once_naming_the_closest_key(tmp_path, po
 
 def test_a_bad_option_value_fails_before_any_work(tmp_path, pool, capsys):
     out = tmp_path / "out"
-    assert main([*select(pool, out, "--option", "dim=-3"), "--method", "less", "--targets", str(pool)]) == 2
+    assert main([*select(pool, out, "--option", "dim=-3", "--method", "less", "--targets", str(pool)), *NO_MODEL]) == 2
     assert "option dim must be a positive integer, got -3" in error_line(capsys)
     assert not out.exists()  # no warm-up, no cache
 

@@ -35,7 +35,9 @@ one byte per row, so disjoint row sets never touch the same bytes. Protocol:
 share is disjoint from the others' and does not depend on how far they have got. Without
 `overwrite`, all ranks may also call `open` at the same moment with no barrier: one creation wins
 the rename, the others drop theirs and reopen the winner's. Only one rank may pass
-`overwrite=True`. The processes must share one machine's page cache: on a network filesystem
+`overwrite=True`. Separate runs do not share a store: `store_lock` (a lock file beside the store, held by
+the writing run's rank 0) makes a second one fail at once, naming the first. The processes must share one
+machine's page cache: on a network filesystem
 written from several nodes, whole pages are written back and disjoint rows on one page can
 clobber each other.
 """

@@ -232,6 +232,7 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", help="working directory (default from the config)")
     p.add_argument("--results", help="directory for the tables and report (default from the config)")
     p.add_argument("--methods", help="run only these methods, comma-separated")
+    p.add_argument("--budgets", help="run only these budgets, comma-separated (e.g. 5%%,10%% or band)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--workers",
@@ -254,6 +255,8 @@ def bench_config(args: argparse.Namespace) -> gradsift.BenchConfig:
             overrides[key] = os.path.abspath(v)
     if args.methods:
         overrides["methods"] = comma_list(args.methods)
+    if args.budgets:
+        overrides["budgets"] = comma_list(args.budgets)
     if args.device:
         overrides["device"] = args.device
     if args.workers is not None:

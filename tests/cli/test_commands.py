@@ -161,11 +161,13 @@ def test_bench_flags_reach_the_config(tmp_path):
             "cpu",
             "--workers",
             "2",
+            "--budgets",
+            "5%,10",
             "--overwrite",
         ]
     )
     cfg = bench_config(args)
-    assert cfg.budgets == ["40"] and cfg.methods == ["random"] and cfg.device == "cpu" and cfg.overwrite
+    assert cfg.budgets == ["5%", "10"] and cfg.methods == ["random"] and cfg.device == "cpu" and cfg.overwrite
     assert cfg.workers == 2 and cfg.command is None  # pytest's own command line is not a bench command
     assert cfg.out == str(tmp_path / "w") and cfg.results is None
     with pytest.raises(ValueError, match="unknown method"):

@@ -241,6 +241,7 @@ class _Step:
         checks: list[float] = []
         if until is not None:
             checks.append(self.check(model_in, self.d / "check-0.json"))
+            self.say(f"prepare {self.name}: before training, {until.metric} {checks[0]:.3f} ({until.describe()})")
         current, rounds = model_in, 0
         max_rounds = until.max_rounds if until is not None else 1
         while rounds < max_rounds and not (until is not None and until.met(checks[-1])):

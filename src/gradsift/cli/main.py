@@ -80,12 +80,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     result = gradsift.select(cfg)
     _print_summary(result)
-    print("\ntarget skill 'arithmetic' among the selected examples vs the pool's base rate:")
+    losses = _demo_effect(args, out, result) if args.train_steps > 0 else {}
+    print(
+        "\nper method: target-skill rows among the selected vs the pool's base rate (a proxy), and the effect: "
+        f"loss of {DEMO_HELDOUT} held-out arithmetic answers after {args.train_steps} LoRA steps on the selection"
+        + (f" (base model: {losses['base']:.3f}; lower is better)" if "base" in losses else "")
+    )
     for m, shares in result.summary.items():
         s = shares.get("arithmetic", {"selected": 0.0, "pool": 0.0, "n_selected": 0})
-        print(f"  {m:>10}: {s['n_selected']:3d}/{result.budget} = {s['selected']:.0%}  (base rate {s['pool']:.0%})")
+        n = len(result.selections[m])
+        effect = f"   held-out loss {losses[m]:.3f}" if m in losses else ""
+        print(f"  {m:>10}: {s['n_selected']:3d}/{n} = {s['selected']:.0%}  (base rate {s['pool']:.0%}){effect}")
+    if losses:
+        print(
+            "  (a smoke-level figure: one seed, a few steps; `gradsift bench` compares methods with paired "
+            "intervals. PRISM's raw score favours long answers on this pool, see README.)"
+        )
     print(f"\nreport: {result.report}")
     return 0
+
+
+DEMO_HELDOUT = 48
+
+
+def _demo_effect(args: argparse.Namespace, out: Path, result: gradsift.SelectResult) -> dict[str, float]:
+    """Fine-tune briefly on each method's selection and score held-out arithmetic answers (and the base model)."""
+    _, heldout = gradsift.demo_data(out / "heldout", n_pool=8, n_targets=DEMO_HELDOUT, seed=args.seed + 1)
+    print(f"\nfine-tuning {args.train_steps} LoRA steps on each selection, scoring {heldout} ...")
+
+    def loss(adapter: str | None) -> float:
+        cfg = gradsift.EvaluateConfig(
+            task="target-loss", data=str(heldout), model=args.model, adapter=adapter, max_length=128
+        )
+        return float(gradsift.evaluate(cfg)["metrics"]["mean_loss"])
+
+    losses = {"base": loss(None)}
+    for i, m in enumerate(result.selections):
+        selected = result.out / ("selected.jsonl" if i == 0 else f"selected-{m}.jsonl")
+        run = gradsift.train(
+            gradsift.TrainConfig(
+                data=str(selected),
+                out=str(out / "train" / m),
+                model=args.model,
+                max_steps=args.train_steps,
+                lr=2e-4,
+                batch_size=4,
+                max_length=128,
+                seed=args.seed,
+                progress=False,
+                overwrite=True,
+            )
+        )
+        losses[m] = loss(str(run.adapter_dir))
+    return losses
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -150,6 +197,12 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-targets", type=int, default=12, help="number of targets (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="builtin", help="model (default builtin)")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=12,
+        help="LoRA steps on each selection before scoring held-out answers (default 12; 0: select only)",
+    )
     p.add_argument("--quiet", action="store_true", help="progress as periodic log lines instead of bars")
     p.set_defaults(func=cmd_demo)
     return p

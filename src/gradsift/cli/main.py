@@ -220,8 +220,9 @@ _COMMANDS = {
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``gradsift`` parser. With `command`, only that subcommand gets its flags (the others are listed by
-    name): building one imports its stage's config, and a command should not wait for the others'."""
+    """The ``gradsift`` parser. With `command`, only that subcommand gets its flags (the others, all of them
+    for ``""``, are listed by name): building one imports its stage's config, and a command should not wait for
+    the others'."""
     parser = argparse.ArgumentParser(
         prog="gradsift", description="Pick the fine-tuning data worth training on (gradient-influence selection)."
     )
@@ -246,7 +247,8 @@ def _message(e: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(next((a for a in argv if a in _COMMANDS), None))
+    # only the command given gets its flags ("" when none: every command is listed by name)
+    parser = build_parser(next((a for a in argv if a in _COMMANDS), ""))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

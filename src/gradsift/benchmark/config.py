@@ -216,10 +216,10 @@ class BenchConfig:
     name: str
     data: DataConfig
     benchmarks: list[BenchmarkSpec]
-    budgets: list[str]
     # required too: with their help lines (and flags) they come after the fields without
     out: str = setting(help="working directory (default from the config)")
     methods: list[str] = setting(help="run only these methods, comma-separated")
+    budgets: list[str] = setting(help="run only these budgets, comma-separated (e.g. 5%,10% or band)")
     results: str | None = setting(None, help="directory for the tables and report (default from the config)")
     kind: Literal["sft", "pair"] = "sft"
     model: str = "builtin"

@@ -87,5 +87,5 @@ def test_write_format_reaches_the_selection_files_and_the_settings(tmp_path, dat
         assert {"instruction", "output", "gradsift_id", "gradsift_score"} <= set(row)
     with pytest.raises(ValueError, match="write_format"):
         run_select(_cfg(tmp_path, data, tiny_model_dir, write_format="messages"))
-    with pytest.raises(ValueError, match="choose from original, messages, prompt-completion"):
+    with pytest.raises(ValueError, match="write_format must be one of original, messages, prompt-completion"):
         _cfg(tmp_path, data, tiny_model_dir, write_format="chatml")

@@ -116,6 +116,7 @@ def test_overwrite_with_fewer_methods_removes_the_earlier_selections(tmp_path, p
     assert set(config["n_selected"]) == {"random"}
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "config.json",
+        "report.html",
         "scores.parquet",
         "selected.jsonl",
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -313,14 +314,20 @@ FIGURES = {
 """Figure name -> drawing function (None when the data has nothing to draw)."""
 
 
-def make_figures(data: ReportData) -> dict[str, bytes]:
-    """Every figure the data allows, as PNG bytes by name."""
+def draw_all(figures: Mapping[str, Callable[[Any], bytes | None]], data: Any) -> dict[str, bytes]:
+    """Every figure of `figures` the data allows, as PNG bytes by name (a drawing function returns None when
+    the data has nothing to draw)."""
     out = {}
-    for name, draw in FIGURES.items():
+    for name, draw in figures.items():
         png = draw(data)
         if png is not None:
             out[name] = png
     return out
+
+
+def make_figures(data: ReportData) -> dict[str, bytes]:
+    """Every figure the data allows, as PNG bytes by name."""
+    return draw_all(FIGURES, data)
 
 
 def _flat_safe(ax: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradsift.report.plots import method_colours, png_bytes, shorten
+from gradsift.report.plots import draw_all, method_colours, png_bytes, shorten
 from gradsift.report.selection_data import SelectionReport, Shares
 
 MAX_POINTS = 2000
@@ -229,9 +229,4 @@ FIGURES = {
 
 def make_figures(data: SelectionReport) -> dict[str, bytes]:
     """Every figure the data allows, as PNG bytes by name."""
-    out = {}
-    for name, draw in FIGURES.items():
-        png = draw(data)
-        if png is not None:
-            out[name] = png
-    return out
+    return draw_all(FIGURES, data)

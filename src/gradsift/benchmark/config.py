@@ -138,7 +138,8 @@ class LrSearch:
     """Choose the learning rate once, on random selections, before the grid.
 
     Every budget's random selection (first seed) is trained with each learning rate of `grid` and scored on
-    one benchmark; the learning rate with the best mean over budgets trains every cell of the grid.
+    one benchmark; the learning rate with the best mean over budgets trains every cell of the grid (a tie goes
+    to the rate listed first).
 
     Attributes:
         grid: Learning rates to try.

@@ -352,8 +352,10 @@ def _timed(fn: Callable[[Context, Any], Any], ctx: Context, task: Any) -> tuple[
 
 class Workers:
     """The processes that run a bench's units side by side: none with one worker (units run here), else a
-    pool of ``workers`` spawned processes, started at the first use and kept for the whole run (a worker
-    imports the training and evaluation stack once). Use as a context manager."""
+    pool of ``workers`` spawned processes, started at the first use. Each process runs one unit and is then
+    replaced, so the memory a unit held (a DPO step's logits take gigabytes) goes back to the system before
+    the next one; the price is importing the stack again per unit (seconds, against minutes per unit). Use as
+    a context manager."""
 
     def __init__(self, workers: int, progress: bool) -> None:
         self.workers, self.progress = workers, progress
@@ -375,6 +377,7 @@ class Workers:
                 mp_context=get_context("spawn"),
                 initializer=_init_worker,
                 initargs=(threads, self.progress),
+                max_tasks_per_child=1,
             )
         return self._pool
 

@@ -91,44 +91,24 @@ def _expand(compact: torch.Tensor, k: int, kind: Distribution, dtype: torch.dtyp
     return torch.nn.functional.embedding(compact.int(), patterns).flatten(1)[:, :k]
 
 
-class DenseProjector:
-    """Dense random projection of flattened gradients [B, P] -> [B, k] (LESS's projection).
+class _FlatProjector:
+    """What the dense and sparse projectors of the flat gradient share: checks, the per-chunk cache, and the
+    walk over blocks of chunks. A subclass draws one chunk (`_draw_chunk`) and adds one block's projection
+    (`_add_block`); `_scale` divides the sum."""
 
-    Column ``j`` of the k x P matrix is drawn from the generator of chunk ``j // CHUNK``; entries are
-    +-1 (Rademacher) or N(0, 1), and the result is scaled by ``1/sqrt(k)`` so inner products are
-    unbiased and concentrate as the Johnson-Lindenstrauss lemma says.
+    _scale: float
 
-    Args:
-        num_params: P, the length of the flattened gradient.
-        k: Output dimension (LESS: 8192).
-        kind: ``"rademacher"`` (LESS) or ``"gaussian"``.
-        seed: Projection seed.
-        block_size: Columns projected per matmul; bounds the transient memory to ``k x block_size``
-            entries (rounded up to whole chunks of 512). Does not change the matrix.
-        cache_bytes: Budget for keeping generated chunks on the device between batches (Rademacher chunks
-            take ``k / 8`` bytes per column, Gaussian ``4 k``); 0 regenerates every time.
-    """
-
-    def __init__(
-        self,
-        num_params: int,
-        k: int = 8192,
-        kind: Distribution = "rademacher",
-        seed: int = 0,
-        block_size: int = 16384,
-        cache_bytes: int = 2**30,
-    ) -> None:
-        _check_common(k, kind, seed)
+    def __init__(self, num_params: int, k: int, seed: int, block_size: int, cache_bytes: int) -> None:
         if num_params < 1:
             raise ValueError(f"num_params must be positive, got {num_params}")
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
-        self.num_params, self.k, self.kind, self._seed = num_params, k, kind, seed
+        self.num_params, self.k, self._seed = num_params, k, seed
         self.block_chunks = -(-block_size // CHUNK)
         self.cache_bytes = cache_bytes
-        self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._cache: dict[tuple[int, torch.device], Any] = {}
         self._cached = 0
 
     @property
@@ -139,42 +119,26 @@ class DenseProjector:
     def seed(self) -> int:
         return self._seed
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "projector": "dense",
-            "kind": self.kind,
-            "dim": self.k,
-            "num_params": self.num_params,
-            "seed": self._seed,
-            "chunk": CHUNK,
-            "scheme": _SCHEME,
-        }
+    def _draw_chunk(self, index: int) -> Any:
+        raise NotImplementedError
 
-    def _chunk(self, index: int, device: torch.device) -> torch.Tensor:
+    def _add_block(self, out: torch.Tensor, grads: torch.Tensor, start: int, stop: int, lo: int, hi: int) -> None:
+        """Add the projection of `grads` [B, hi - lo], the columns ``lo..hi-1`` of chunks ``start..stop-1``
+        (counted from the first column of chunk `start`), into `out` [B, k]."""
+        raise NotImplementedError
+
+    def _chunk(self, index: int, device: torch.device) -> Any:
+        """Chunk `index` on `device`, kept while the cache budget allows."""
         hit = self._cache.get((index, device))
         if hit is not None:
             return hit
-        compact = _draw(_generator(self._seed, "dense", self.kind, self.k, index), CHUNK, self.k, self.kind)
-        compact = compact.to(device)
-        if self._cached + compact.nbytes <= self.cache_bytes:
-            self._cache[(index, device)] = compact
-            self._cached += compact.nbytes
-        return compact
-
-    def _columns(self, first: int, last: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Unscaled matrix rows for chunks ``first..last-1`` [(last - first) * CHUNK, k]."""
-        compact = torch.cat([self._chunk(c, device) for c in range(first, last)])
-        return _expand(compact, self.k, self.kind, dtype)
-
-    def matrix(
-        self, offset: int, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        """The scaled projection matrix for gradient entries ``offset .. offset + n - 1``, transposed [n, k],
-        so that ``project_flat(g, offset) == g @ matrix(offset, n)``. For tests and small problems."""
-        self._check_range(offset, n)
-        first, last = offset // CHUNK, -(-(offset + n) // CHUNK)
-        cols = self._columns(first, last, torch.device(device), dtype)
-        return cols[offset - first * CHUNK : offset - first * CHUNK + n] / math.sqrt(self.k)
+        drawn = self._draw_chunk(index)
+        chunk = tuple(t.to(device) for t in drawn) if isinstance(drawn, tuple) else drawn.to(device)
+        size = sum(t.nbytes for t in chunk) if isinstance(chunk, tuple) else chunk.nbytes
+        if self._cached + size <= self.cache_bytes:
+            self._cache[(index, device)] = chunk
+            self._cached += size
+        return chunk
 
     def _check_range(self, offset: int, n: int) -> None:
         if offset < 0 or n < 1 or offset + n > self.num_params:
@@ -203,17 +167,83 @@ class DenseProjector:
         first, end = offset // CHUNK, -(-(offset + n) // CHUNK)
         for start in range(first, end, self.block_chunks):
             stop = min(start + self.block_chunks, end)
-            cols = self._columns(start, stop, grads.device, dtype)
             lo, hi = max(offset, start * CHUNK), min(offset + n, stop * CHUNK)
-            out += grads[:, lo - offset : hi - offset] @ cols[lo - start * CHUNK : hi - start * CHUNK]
-        return out / math.sqrt(self.k)
+            self._add_block(
+                out, grads[:, lo - offset : hi - offset], start, stop, lo - start * CHUNK, hi - start * CHUNK
+            )
+        return out / self._scale
 
     def project(self, out: torch.Tensor, factors: LayerFactors) -> None:
         """Add the projection of one LoRA matrix's per-example gradients [G, out * in] into ``out`` [G, k]."""
         out += self.project_flat(factors.gradient().flatten(1), factors.layer.offset)
 
 
-class SparseProjector:
+class DenseProjector(_FlatProjector):
+    """Dense random projection of flattened gradients [B, P] -> [B, k] (LESS's projection).
+
+    Column ``j`` of the k x P matrix is drawn from the generator of chunk ``j // CHUNK``; entries are
+    +-1 (Rademacher) or N(0, 1), and the result is scaled by ``1/sqrt(k)`` so inner products are
+    unbiased and concentrate as the Johnson-Lindenstrauss lemma says.
+
+    Args:
+        num_params: P, the length of the flattened gradient.
+        k: Output dimension (LESS: 8192).
+        kind: ``"rademacher"`` (LESS) or ``"gaussian"``.
+        seed: Projection seed.
+        block_size: Columns projected per matmul; bounds the transient memory to ``k x block_size``
+            entries (rounded up to whole chunks of 512). Does not change the matrix.
+        cache_bytes: Budget for keeping generated chunks on the device between batches (Rademacher chunks
+            take ``k / 8`` bytes per column, Gaussian ``4 k``); 0 regenerates every time.
+    """
+
+    def __init__(
+        self,
+        num_params: int,
+        k: int = 8192,
+        kind: Distribution = "rademacher",
+        seed: int = 0,
+        block_size: int = 16384,
+        cache_bytes: int = 2**30,
+    ) -> None:
+        _check_common(k, kind, seed)
+        super().__init__(num_params, k, seed, block_size, cache_bytes)
+        self.kind = kind
+        self._scale = math.sqrt(k)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "projector": "dense",
+            "kind": self.kind,
+            "dim": self.k,
+            "num_params": self.num_params,
+            "seed": self._seed,
+            "chunk": CHUNK,
+            "scheme": _SCHEME,
+        }
+
+    def _draw_chunk(self, index: int) -> torch.Tensor:
+        return _draw(_generator(self._seed, "dense", self.kind, self.k, index), CHUNK, self.k, self.kind)
+
+    def _columns(self, first: int, last: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Unscaled matrix rows for chunks ``first..last-1`` [(last - first) * CHUNK, k]."""
+        compact = torch.cat([self._chunk(c, device) for c in range(first, last)])
+        return _expand(compact, self.k, self.kind, dtype)
+
+    def matrix(
+        self, offset: int, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The scaled projection matrix for gradient entries ``offset .. offset + n - 1``, transposed [n, k],
+        so that ``project_flat(g, offset) == g @ matrix(offset, n)``. For tests and small problems."""
+        self._check_range(offset, n)
+        first, last = offset // CHUNK, -(-(offset + n) // CHUNK)
+        cols = self._columns(first, last, torch.device(device), dtype)
+        return cols[offset - first * CHUNK : offset - first * CHUNK + n] / math.sqrt(self.k)
+
+    def _add_block(self, out: torch.Tensor, grads: torch.Tensor, start: int, stop: int, lo: int, hi: int) -> None:
+        out += grads @ self._columns(start, stop, grads.device, grads.dtype)[lo:hi]
+
+
+class SparseProjector(_FlatProjector):
     """Sparse JL projection of flattened gradients [B, P] -> [B, k] (Kane-Nelson block construction).
 
     Column ``j`` of the k x P matrix has exactly ``s`` non-zeros, one in each block of ``k / s`` rows, at
@@ -241,27 +271,11 @@ class SparseProjector:
         cache_bytes: int = 2**30,
     ) -> None:
         _check_common(k, "rademacher", seed)
-        if num_params < 1:
-            raise ValueError(f"num_params must be positive, got {num_params}")
         if s < 1 or k % s:
             raise ValueError(f"sparse projection needs s >= 1 dividing k, got s={s}, k={k}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be positive, got {block_size}")
-        if cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
-        self.num_params, self.k, self.s, self._seed = num_params, k, s, seed
-        self.block_chunks = -(-block_size // CHUNK)
-        self.cache_bytes = cache_bytes
-        self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cached = 0
-
-    @property
-    def dim(self) -> int:
-        return self.k
-
-    @property
-    def seed(self) -> int:
-        return self._seed
+        super().__init__(num_params, k, seed, block_size, cache_bytes)
+        self.s = s
+        self._scale = math.sqrt(s)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -275,31 +289,17 @@ class SparseProjector:
             "scheme": _SCHEME,
         }
 
-    def _chunk(self, index: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw_chunk(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [CHUNK, s] int64 and signs [CHUNK, s] int8 (+-1) of the columns of chunk ``index``."""
-        hit = self._cache.get((index, device))
-        if hit is not None:
-            return hit
         gen = _generator(self._seed, "sparse", self.k, self.s, index)
         width = self.k // self.s
         rows = torch.randint(0, width, (CHUNK, self.s), generator=gen) + torch.arange(self.s) * width
         signs = (torch.randint(0, 2, (CHUNK, self.s), generator=gen, dtype=torch.int8) * 2 - 1).to(torch.int8)
-        pair = (rows.to(device), signs.to(device))
-        size = pair[0].nbytes + pair[1].nbytes
-        if self._cached + size <= self.cache_bytes:
-            self._cache[(index, device)] = pair
-            self._cached += size
-        return pair
+        return rows, signs
 
     def _columns(self, first: int, last: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [self._chunk(c, device) for c in range(first, last)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-    def _check_range(self, offset: int, n: int) -> None:
-        if offset < 0 or n < 1 or offset + n > self.num_params:
-            raise ValueError(
-                f"gradient entries [{offset}, {offset + n}) lie outside the projector's {self.num_params} parameters"
-            )
 
     def matrix(
         self, offset: int, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
@@ -314,31 +314,10 @@ class SparseProjector:
         m.scatter_(1, rows, signs.to(dtype) / math.sqrt(self.s))
         return m
 
-    def project_flat(self, grads: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Project a slice of flattened gradients [B, n] (entries ``offset .. offset + n - 1``) -> [B, k].
-
-        Projections of consecutive slices add up to the projection of the whole vector.
-        """
-        if grads.dim() != 2:
-            raise ValueError(f"grads must be [B, n], got shape {tuple(grads.shape)}")
-        batch, n = grads.shape
-        self._check_range(offset, n)
-        dtype = torch.promote_types(grads.dtype, torch.float32)
-        grads = grads.to(dtype)
-        out = torch.zeros(batch, self.k, dtype=dtype, device=grads.device)
-        first, end = offset // CHUNK, -(-(offset + n) // CHUNK)
-        for start in range(first, end, self.block_chunks):
-            stop = min(start + self.block_chunks, end)
-            rows, signs = self._columns(start, stop, grads.device)
-            lo, hi = max(offset, start * CHUNK), min(offset + n, stop * CHUNK)
-            rows, signs = rows[lo - start * CHUNK : hi - start * CHUNK], signs[lo - start * CHUNK : hi - start * CHUNK]
-            values = grads[:, lo - offset : hi - offset, None] * signs.to(dtype)  # [B, cols, s]
-            out.index_add_(1, rows.flatten(), values.flatten(1))
-        return out / math.sqrt(self.s)
-
-    def project(self, out: torch.Tensor, factors: LayerFactors) -> None:
-        """Add the projection of one LoRA matrix's per-example gradients [G, out * in] into ``out`` [G, k]."""
-        out += self.project_flat(factors.gradient().flatten(1), factors.layer.offset)
+    def _add_block(self, out: torch.Tensor, grads: torch.Tensor, start: int, stop: int, lo: int, hi: int) -> None:
+        rows, signs = self._columns(start, stop, grads.device)
+        values = grads[:, :, None] * signs[lo:hi].to(grads.dtype)  # [B, cols, s]
+        out.index_add_(1, rows[lo:hi].flatten(), values.flatten(1))
 
 
 class FactorizedProjector:

@@ -151,12 +151,14 @@ def release_free_heap() -> None:
 
 
 @contextmanager
-def measured(phase: Phase, device: torch.device, interval: float = 0.01) -> Iterator[None]:
-    """Time a block (after a device sync) and sample its resident memory from a background thread.
+def measured(phase: Phase, device: torch.device, examples: int, interval: float = 0.01) -> Iterator[None]:
+    """Time a block (after a device sync) over `examples` examples and sample its resident memory from a
+    background thread; print the phase's line when it ends.
 
     RSS is sampled because torch's CPU allocations bypass ``tracemalloc``; on CUDA the allocator's own
     peak is recorded as well.
     """
+    phase.examples = examples
     proc = psutil.Process()
     gc.collect()
     release_free_heap()
@@ -188,6 +190,12 @@ def measured(phase: Phase, device: torch.device, interval: float = 0.01) -> Iter
         phase.load = (load0, os.getloadavg()[0])
         if device.type == "cuda":
             phase.cuda_peak = torch.cuda.max_memory_allocated(device)
+        # printed as each phase ends: a run cut short (a GPU lease's limit) still leaves its timings in the log
+        print(
+            f"  {phase.name}: {phase.examples} examples in {phase.seconds:.1f} s ({phase.rate:.3f} ex/s, "
+            f"{phase.cpu_seconds:.1f} CPU-s), RSS peak {mib(phase.rss_peak)} MiB, CUDA {mib(phase.cuda_peak)} MiB",
+            flush=True,
+        )
 
 
 class Stopwatch:
@@ -296,7 +304,7 @@ def run_less(model: Any, items: Sequence[Encoded], k: int, device: torch.device,
         projected.append(projector.project(stacked).cpu())
         full_grads.clear()
 
-    with measured(phase, device):
+    with measured(phase, device, len(items)):
         with watch("projection"):  # collect_grads builds its projector (and the first block) on every call
             projector = TrakBasicProjector(num_params, k, LESS_SEED, device, dtype)
         for count, item in enumerate(items, start=1):
@@ -354,7 +362,7 @@ def run_gradsift(
     """(b)/(b') ``extract_features`` end to end on a fresh base-model copy; returns the stored rows [N, dim]."""
     extract_features(warm_cfg, records=list(warm_records), loaded=make_loaded(), progress=False)
     loaded = make_loaded()
-    with measured(phase, loaded.device):
+    with measured(phase, loaded.device, len(records)):
         store = extract_features(cfg, records=list(records), loaded=loaded, progress=False)
     phase.examples = len(records)
     features = store.read().features.astype(np.float32)
@@ -376,7 +384,7 @@ def run_engine(
 
     grads.compute(batch_of(list(range(WARM_ROWS))), SFTTask(), sink=projector.inner)  # warm-up
     features = torch.empty(len(items), projector.dim)
-    with measured(phase, device):
+    with measured(phase, device, len(items)):
         for idx in batches:
             with watch("total"):
                 out = grads.compute(batch_of(idx), task, sink=projector)
@@ -409,7 +417,7 @@ def run_train(
         optimizer.zero_grad(set_to_none=True)
 
     step(list(range(WARM_ROWS)))  # warm-up
-    with measured(phase, device):
+    with measured(phase, device, len(items)):
         for idx in batches:
             step(idx)
     phase.examples = len(items)

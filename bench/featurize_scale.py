@@ -82,9 +82,8 @@ def one(args: argparse.Namespace, n: int) -> dict[str, Any]:
         )
         lm = load_model(ModelSettings(model=args.model, device=args.device))  # type: ignore[arg-type]
         phase = Phase("featurize", f"{n} generated examples")
-        with measured(phase, device):
+        with measured(phase, device, n):
             extract_features(cfg, loaded=lm, progress=False)
-        phase.examples = n
         records = load_examples(str(data), kind=Kind.SFT)
         tokens = sum(len(e) for e in encode_examples(lm.tokenizer, records, cfg.max_length)[0])
         return {

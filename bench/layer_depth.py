@@ -9,7 +9,9 @@ of each method's scores with the all-layer scores, and the overlap (shared rows,
 Pool and targets: ``bench/sft_selection.py``'s (FLAN-CoT 7 tasks + Alpaca, GSM8K test questions as targets).
 
 Run: ``.venv/bin/python bench/layer_depth.py --shared ../shared/data [--n-pool 1000] [--k 4,8,15]``
-(``--quick``: 40 candidates, K in 2, 8, for a smoke run).
+(``--quick``: 40 candidates, K in 2, 8, for a smoke run). On a machine without ``../shared`` (a lent GPU),
+write the pool and targets first with ``--write-data DIR`` here, then run there with ``--data DIR --device cuda``.
+The table is rewritten after every K, so a run cut short still leaves the rows it finished.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace, pool: Path, targets: Path, layers: str | None)
         max_length=args.max_length,
         cache_dir=str(Path(args.cache) / f"cache-{name}"),
         options=options,
+        device=args.device,
     )
     if not (out / "config.json").exists():
         run_select(cfg)
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace, pool: Path, targets: Path, layers: str | None)
         "selected": {m: np.flatnonzero(table[f"selected_{m}"].to_numpy()).tolist() for m in METHODS},
         "pool_seconds": pool_seconds,
         "n": len(table),
+        "dtype": config.get("model", {}).get("dtype", "?") if isinstance(config.get("model"), dict) else "?",
     }
 
 
@@ -93,33 +97,64 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--dim", type=int, default=8192)
     p.add_argument("--cache", default="bench/cache/layer-depth")
-    p.add_argument("--out", default="bench/results/layer-depth-cpu.md")
+    p.add_argument("--out", default=None, help="results file (default bench/results/layer-depth-<device>.md)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--data", default=None, help="a folder with pool.jsonl and targets.jsonl (from --write-data)")
+    p.add_argument("--write-data", default=None, help="write pool.jsonl and targets.jsonl to this folder and stop")
     p.add_argument("--quick", action="store_true", help="40 candidates, K in 2 and 8, results under bench/logs")
     args = p.parse_args(argv)
     if args.quick:
         args.n_pool, args.n_targets, args.k, args.dim = 40, 4, "2,8", 512
         args.cache, args.out = args.cache + "-quick", "bench/logs/layer-depth-cpu-quick.md"
+    if args.out is None:
+        args.out = f"bench/results/layer-depth-{'cuda' if args.device.startswith('cuda') else 'cpu'}.md"
     ks = [int(k) for k in args.k.split(",")]
+    if args.data:
+        pool, targets = Path(args.data) / "pool.jsonl", Path(args.data) / "targets.jsonl"
+        for f in (pool, targets):
+            if not f.is_file():
+                p.error(f"--data {args.data}: {f.name} is missing (write it with --write-data)")
+    else:
+        pool, targets = write_data(args, Path(args.write_data or Path(args.cache) / "data"))
+        if args.write_data:
+            print(f"wrote {pool} and {targets}")
+            return
+    ref = run(args, pool, targets, None)
+    rows = [ref]
+    write_table(args, argv, rows)
+    for k in ks:
+        rows.append(run(args, pool, targets, f"last:{k}"))
+        write_table(args, argv, rows)
+
+
+def write_data(args: argparse.Namespace, data: Path) -> tuple[Path, Path]:
+    """The pool (FLAN-CoT + Alpaca) and GSM8K targets from ``--shared``, as JSONL under `data`."""
     shared = Path(args.shared)
-    tok = load_model(ModelSettings(model="builtin")).tokenizer
-    data = Path(args.cache) / "data"
+    tok = load_model(ModelSettings(model="builtin", device="cpu")).tokenizer
     pool = _write_jsonl(data / "pool.jsonl", build_pool(shared, args.n_pool, args.max_length, tok, 0))
     targets = _write_jsonl(data / "targets.jsonl", gsm8k_targets(shared, args.n_targets))
-    ref = run(args, pool, targets, None)
-    rows = [ref] + [run(args, pool, targets, f"last:{k}") for k in ks]
+    return pool, targets
+
+
+def write_table(args: argparse.Namespace, argv: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """The results file for the rows done so far (the first is the all-layer reference)."""
+    ref = rows[0]
     info = machine_info()
+    device = "cuda" if str(args.device).startswith("cuda") else "cpu"
+    hardware = f"{info['gpu']} (CUDA {info.get('cuda')}), " if device == "cuda" else ""
+    n_targets = sum(1 for line in Path(args.data or Path(args.cache) / "data").joinpath("targets.jsonl").open())
     lines = [
-        "# Layer depth: LoRA on the last K decoder layers (cpu)",
+        f"# Layer depth: LoRA on the last K decoder layers ({device})",
         "",
         f"Command: `python bench/layer_depth.py {shlex.join(argv)}`",
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"Machine: {info['processor']}, {info['cpus']} logical cores, torch {info['torch']}; "
-        "other jobs ran beside it.",
+        f"Machine: {hardware}{info['processor']}, {info['cpus']} logical cores, torch {info['torch']}.",
         "",
         f"Pool: {ref['n']} candidates (bench/sft_selection.py's FLAN-CoT + Alpaca mix), "
-        f"{args.n_targets} GSM8K targets; "
-        f"built-in model (30 decoder layers); LESS with a {args.warmup_epochs}-epoch warm-up, PRISM at the model "
-        f"given; budget {args.budget}; dim {args.dim}. Each K has its own warm-up (its LoRA is on those layers).",
+        f"{n_targets} GSM8K targets; "
+        f"built-in model (30 decoder layers, dtype {ref['dtype']}); LESS with a {args.warmup_epochs}-epoch warm-up, "
+        f"PRISM at the model given; budget {args.budget}; dim {args.dim}. Each K has its own warm-up (its LoRA is "
+        "on those layers). ex/s: pool examples over the seconds of that method's pool feature passes.",
         "",
         "| layers | LESS pool ex/s | PRISM pool ex/s | LESS Spearman vs all | PRISM Spearman vs all "
         "| LESS selection shared (Jaccard) | PRISM selection shared (Jaccard) |",
@@ -138,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
-    print(text)
+    print(text, flush=True)
 
 
 if __name__ == "__main__":

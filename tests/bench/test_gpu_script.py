@@ -40,8 +40,10 @@ def test_gpu_script_dry_run_lists_the_three_checks():
     lines = [line for line in done.stdout.splitlines() if line.startswith("+ ")]
     assert len(lines) == 3
     assert "-m gpu" in lines[0]
-    assert "bench/features.py --device cuda --n 1024" in lines[1]
+    assert "bench/features.py --device cuda --n 256" in lines[1]
     assert "bench/featurize_scale.py --device cuda --n 500" in lines[2]
+    with_data = gpu_sh("--dry-run", "--data", "alpaca.jsonl").stdout
+    assert "bench/features.py --device cuda --n 256 --data alpaca.jsonl" in with_data
     assert (
         "--skip-tests" not in done.stdout
         and len([x for x in gpu_sh("--dry-run", "--skip-tests").stdout.splitlines() if x.startswith("+ ")]) == 2

@@ -3,6 +3,7 @@ line naming the file, line, key or holder, before any work, and no user's output
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gradsift import demo_data
-from gradsift.cli.main import _message, main
+from gradsift.cli.main import _message, add_select_parser, main, select_config
 from gradsift.data.load import write_jsonl
 from gradsift.score.base import Method
 
@@ -52,7 +53,8 @@ def hold(tmp_path):
 
 
 def select(pool: Path, out: Path, *extra: str) -> list[str]:
-    return ["select", "--pool", str(pool), "--out", str(out), "--method", "random", *extra]
+    method = [] if "--method" in extra else ["--method", "random"]
+    return ["select", "--pool", str(pool), "--out", str(out), *method, *extra]
 
 
 def error_line(capsys) -> str:
@@ -74,6 +76,13 @@ def test_select_help_lists_every_method_and_help_options_lists_a_methods_options
     assert (
         "warmup = less | none  (default less)" in options and "adam_eps" in options and "less_aggregation" in options
     )
+
+
+def test_a_repeated_list_flag_adds_up_instead_of_the_last_one_winning(tmp_path, pool):
+    parser = argparse.ArgumentParser()
+    add_select_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(select(pool, tmp_path / "o", "--method", "random", "--method", "length,ifd"))
+    assert select_config(args).methods == ["random", "length", "ifd"]
 
 
 def test_an_unknown_option_key_fails_at_once_naming_the_closest_key(tmp_path, pool, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -28,8 +29,11 @@ OWNED = (CONFIG_FILE, LOG_FILE, "result.json", "adapter")
 
 
 def plain(cls, **kwargs):
-    """A TRL config object that builds on a CPU-only machine (TRL's bf16 default fails there)."""
-    return cls(report_to="none", bf16=False, activation_checkpointing=False, **kwargs)
+    """A TRL config object that builds on a CPU-only machine (TRL's bf16 default fails there). The checkpointing
+    field is named as this transformers version names it (``activation_checkpointing`` only from 5.2x)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return cls(report_to="none", bf16=False, **{ckpt: False}, **kwargs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU defaults")

@@ -97,8 +97,9 @@ def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
     choices and default.
 
     Booleans become switches (``--overwrite``; ``--no-progress`` for a field that defaults to True), lists of
-    strings take comma-separated values, a mapping field takes repeatable ``KEY=VALUE`` items. Every flag
-    defaults to None, so a flag left out keeps the ``--config`` file's value, then the field's default.
+    strings take comma-separated values and add up when repeated (``--method less --method prism``), a mapping
+    field takes repeatable ``KEY=VALUE`` items. Every flag defaults to None, so a flag left out keeps the
+    ``--config`` file's value, then the field's default.
     """
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
@@ -118,7 +119,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
             kwargs.update(action="append", metavar="KEY=VALUE")
         else:
             if get_origin(hint) is list:
-                kwargs.update(type=comma_list, metavar="A,B")
+                # repeated flags add up rather than the last one silently winning
+                kwargs.update(type=comma_list, metavar="A,B", action="extend")
                 shown = ",".join(map(str, default or []))
             else:
                 kwargs["type"] = hint if hint in (int, float) else str

@@ -78,6 +78,7 @@ def one(args: argparse.Namespace, n: int) -> dict[str, Any]:
             projector=args.projector,
             max_length=args.max_length,
             batch_tokens=args.batch_tokens,
+            max_batch=args.max_batch,
             **extra,
         )
         lm = load_model(ModelSettings(model=args.model, device=args.device))  # type: ignore[arg-type]
@@ -109,7 +110,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], argv: Sequence[
         "",
         *machine(device),
         f"- Model {args.model}; generated multi-skill pool (gradsift.data.demo); projector {args.projector}; "
-        f"max_length {args.max_length}; batch_tokens {args.batch_tokens}"
+        f"max_length {args.max_length}; batch_tokens {args.batch_tokens}, max_batch {args.max_batch}"
         + (f"; LoRA layers {args.lora_layers}" if args.lora_layers else ""),
         "- Each size in its own process; model loading excluded; resident memory sampled every 10 ms; "
         "tokens: unpadded sequence lengths (prompt and response).",
@@ -146,6 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-layers", default=None, help="feature LoRA on these layers only (e.g. last:4)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-tokens", type=int, default=FeatureConfig.batch_tokens)
+    p.add_argument("--max-batch", type=int, default=FeatureConfig.max_batch, help="examples per batch at most")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", default=None, help="write the results section to this file")
     out.add_argument("--append", default=None, help="append the results section to this file")
@@ -173,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         child = [
             *("--device", args.device, "--model", args.model, "--projector", args.projector),
             *("--max-length", str(args.max_length), "--batch-tokens", str(args.batch_tokens), "--one", str(n)),
+            *("--max-batch", str(args.max_batch)),
             *(("--lora-layers", args.lora_layers) if args.lora_layers else ()),
         ]
         done = subprocess.run([sys.executable, __file__, *child], check=True, stdout=subprocess.PIPE, text=True)

@@ -30,6 +30,7 @@ def test_gpu_script_is_executable_and_documents_its_arguments():
 
 def test_gpu_script_refuses_bad_arguments():
     assert gpu_sh("--frobnicate").returncode == 2
+    assert gpu_sh("--big-batch", "lots").returncode == 2
     bad = gpu_sh("--n-scale", "many")
     assert bad.returncode == 2 and "positive integers" in bad.stderr
 
@@ -38,15 +39,17 @@ def test_gpu_script_dry_run_lists_the_three_checks():
     done = gpu_sh("--dry-run", "--n-scale", "500")
     assert done.returncode == 0
     lines = [line for line in done.stdout.splitlines() if line.startswith("+ ")]
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert "-m gpu" in lines[0]
     assert "bench/features.py --device cuda --n 256" in lines[1]
     assert "bench/featurize_scale.py --device cuda --n 500" in lines[2]
+    assert "--batch-tokens 16384" in lines[3] and "--batch-tokens" not in lines[2]
+    assert len([x for x in gpu_sh("--dry-run", "--big-batch", "0").stdout.splitlines() if x.startswith("+ ")]) == 3
     with_data = gpu_sh("--dry-run", "--data", "alpaca.jsonl").stdout
     assert "bench/features.py --device cuda --n 256 --data alpaca.jsonl" in with_data
     assert (
         "--skip-tests" not in done.stdout
-        and len([x for x in gpu_sh("--dry-run", "--skip-tests").stdout.splitlines() if x.startswith("+ ")]) == 2
+        and len([x for x in gpu_sh("--dry-run", "--skip-tests").stdout.splitlines() if x.startswith("+ ")]) == 3
     )
 
 

@@ -249,3 +249,33 @@ def test_preference_grid_trains_dpo_and_scores_pairs(tmp_path, tiny_model_dir):
     cfg = json.loads((tmp_path / "work" / "cells" / "random__k4__s0" / "train" / "config.json").read_text())
     assert cfg["kind"] == "dpo"
     assert (tmp_path / "work" / "report.html").exists()  # results default to out
+
+
+class _NoPool(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["method", "shared"])
+def test_selection_cache_per_method_or_shared(tmp_path, demo, tiny_model_dir, mode, monkeypatch):
+    """Per-method caches select side by side in the workers; methods sharing one cache select one after another
+    in this process (two workers would compute a shared step twice at once)."""
+
+    def no_pool(self):
+        raise _NoPool
+
+    monkeypatch.setattr(work.Workers, "pool", no_pool)
+    cfg = BenchConfig(**bench_dict(tmp_path, demo, tiny_model_dir, select_cache=mode, workers=2))
+    b = bench_mod._Bench(cfg, work.Workers(cfg.workers, progress=False))
+    b.check_out()
+    b.prepare_data()
+    b.prepare_model()
+    if mode == "method":
+        with pytest.raises(_NoPool):  # the selections went to the worker pool
+            b.select()
+        monkeypatch.undo()
+        b.workers = work.Workers(1, progress=False)
+    b.select()
+    for method in ("random", "length"):
+        settings = json.loads((b.out / "select" / f"{method}__s0__k6" / "config.json").read_text())["settings"]
+        want = b.out / "cache" / method if mode == "method" else b.out / "cache"
+        assert settings["cache_dir"].rstrip("/") == str(want)

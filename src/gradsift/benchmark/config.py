@@ -197,8 +197,9 @@ class BenchConfig:
         select: `gradsift.pipeline.SelectConfig` fields for every selection (max_length, batch_tokens,
             options, ...).
         select_cache: ``method``: each method selects with its own cache, so its cost (CPU and wall seconds)
-            counts every step it needs; ``shared``: one cache, faster, but a step computed for one method is
-            free for the next (LESS's features for BIDS).
+            counts every step it needs, and methods select in the workers side by side; ``shared``: one cache,
+            less work, but a step computed for one method is free for the next (LESS's features for BIDS), and
+            the selections run one after another in this process.
         train: `gradsift.training.run.TrainConfig` fields for every fine-tune; ``max_steps`` gives every cell
             the same number of optimizer steps.
         lr_search: Choose the learning rate on random selections first (`LrSearch`).

@@ -258,7 +258,9 @@ class _Bench:
             elif seconds > 1:
                 say(f"{task.label}: {meta['n_selected']} rows in {meta['seconds']:.0f}s")
 
-        metas = self.workers.run_all(self.ctx, tasks, run_selection, done)
+        # methods that share one cache would compute a shared step twice at once: they select one after another
+        workers = self.workers if self.cfg.select_cache == "method" else Workers(1, self.cfg.progress)
+        metas = workers.run_all(self.ctx, tasks, run_selection, done)
         return dict(zip(tasks, metas, strict=True))
 
     def select(self) -> None:

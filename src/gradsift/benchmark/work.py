@@ -232,6 +232,8 @@ def run_cell(ctx: Context, task: CellTask) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if trained:
         lm, info = _train(ctx, cell, lm, d)
+        if prev is not None:
+            info = prev["train"]  # the run was reused: keep what training it took when it ran
     for b in wanted:
         if b.name not in results:
             results[b.name] = _evaluate(ctx, b, lm, d / "eval" / f"{b.name}.json")

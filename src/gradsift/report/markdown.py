@@ -121,10 +121,10 @@ REFERENCE_COLUMNS = (
 
 
 def interval(mean: Any, low: Any, high: Any, signed: bool = False) -> str:
-    """``mean [low, high]`` to 4 significant digits (signed: with + on positive numbers)."""
+    """``mean [low, high]``: a mean to 4 significant digits, a signed difference (+ on positive ones) to 3."""
     if mean is None:
         return "-"
-    f = (lambda x: f"{float(x):+.4g}") if signed else (lambda x: f"{float(x):.4g}")
+    f = (lambda x: f"{float(x):+.3g}") if signed else (lambda x: f"{float(x):.4g}")
     return f"{f(mean)} [{f(low)}, {f(high)}]"
 
 
@@ -175,8 +175,8 @@ def comparison_table(data: ReportData, benchmark: str, metric: str | None = None
 
 
 def verdicts(data: ReportData) -> list[str]:
-    """One sentence per benchmark and reference: which methods beat it (interval excluding 0 on the better
-    side), or that none does."""
+    """One sentence per benchmark and reference: which selection methods beat it (interval excluding 0 on the
+    better side), or that none does."""
     out = []
     for name, b in data.comparisons.items():
         for key, label in (("random", "random at the same budget"), ("full", "full data (same steps)")):
@@ -184,7 +184,7 @@ def verdicts(data: ReportData) -> list[str]:
                 f"{m} ({budget})"
                 for m, by_budget in b["methods"].items()
                 for budget, e in by_budget.items()
-                if (e.get(f"vs_{key}") or {}).get("verdict") == "better"
+                if m not in BASELINES and (e.get(f"vs_{key}") or {}).get("verdict") == "better"
             ]
             if not any(f"vs_{key}" in e for by in b["methods"].values() for e in by.values()):
                 continue

@@ -174,8 +174,10 @@ def cost_quality(data: ReportData) -> bytes | None:
         cpu = all(_finite(e.get("select_cpu_s")) for _, _, e in points)
         sign = 1.0 if b["higher_is_better"] else -1.0
         labelled: set[str] = set()
-        for m, budget, e in points:
-            x = max(float(e["select_cpu_s"] if cpu else e["select_wall_s"]), 1e-2)
+        ax.set_xscale("log")
+        xs = [max(float(e["select_cpu_s"] if cpu else e["select_wall_s"]), 1e-2) for _, _, e in points]
+        ax.set_xlim(min(xs) / 2, max(xs) * 2)  # a log axis: room on both sides for the markers and bars
+        for (m, budget, e), x in zip(points, xs, strict=True):
             vs = e.get("vs_random")
             if vs is None:
                 y, err = 0.0, None
@@ -195,7 +197,6 @@ def cost_quality(data: ReportData) -> bytes | None:
             )
             labelled.add(m)
         ax.axhline(0.0, color="0.5", lw=1, ls="--")
-        ax.set_xscale("log")
         ax.set_xlabel(f"selection cost ({'CPU' if cpu else 'wall'} seconds, log scale)")
         ax.set_ylabel(f"gain over random ({'+' if sign > 0 else '-'}{b['metric']})")
         shown = ", ".join(f"{markers.get(x, 'o')} = {x}" for x in budgets)

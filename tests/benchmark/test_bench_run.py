@@ -147,6 +147,10 @@ def test_grid_end_to_end_resume_and_reevaluation(tmp_path, demo, tiny_model_dir,
     assert metrics["unavailable"] == res.unavailable and metrics["machine"]["cpus"]
     html = (res_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "length" in html and "loss" in html
+    # a tiny grid is a smoke test, and its report says so before any verdict
+    md = (res_dir / "report.md").read_text()
+    assert "Smoke test, not evidence" in md and md.index("Smoke test") < md.index(": beat ")
+    assert metrics["notes"][0].startswith("Smoke test")
 
     # second run: every cell is finished, nothing is selected, trained or evaluated again
     def boom(*a, **k):
@@ -279,3 +283,22 @@ def test_selection_cache_per_method_or_shared(tmp_path, demo, tiny_model_dir, mo
         settings = json.loads((b.out / "select" / f"{method}__s0__k6" / "config.json").read_text())["settings"]
         want = b.out / "cache" / method if mode == "method" else b.out / "cache"
         assert settings["cache_dir"].rstrip("/") == str(want)
+
+
+def test_an_underpowered_comparison_is_called_a_smoke_test_before_any_verdict():
+    from gradsift.benchmark.tables import smoke_note, smoke_reasons
+
+    paired = {
+        "gsm8k_loss": {"metric": "mean_loss", "n_eval": 300},
+        "refusal": {"metric": "refusal_rate", "n_eval": 150},
+    }
+    assert smoke_reasons(paired, 3, 60) == ["refusal has 150 evaluation examples (< 200)"]
+    reasons = smoke_reasons({"gsm8k_loss": {"metric": "mean_loss", "n_eval": 12}}, 1, 8)
+    assert reasons == [
+        "gsm8k_loss has 12 evaluation examples (< 300)",
+        "1 seed (< 3)",
+        "8 optimizer steps per cell (< 60)",
+    ]
+    assert smoke_note(smoke_reasons({"gsm8k_loss": {"metric": "mean_loss", "n_eval": 300}}, 3, 60)) is None
+    note = smoke_note(reasons)
+    assert note is not None and note.startswith("Smoke test, not evidence: gsm8k_loss has 12")

@@ -66,7 +66,15 @@ from gradsift.benchmark.config import BAND, BAND_METHODS, BenchConfig
 from gradsift.benchmark.prepare import PrepareResult, run_prepare
 from gradsift.benchmark.reportdata import collect_report_data, write_report, write_run_md
 from gradsift.benchmark.sets import Record, build_set, fingerprint, read_set, record_row
-from gradsift.benchmark.tables import add_pir, comparisons, efficiency_rows, json_safe, write_tables
+from gradsift.benchmark.tables import (
+    add_pir,
+    comparisons,
+    efficiency_rows,
+    json_safe,
+    smoke_note,
+    smoke_reasons,
+    write_tables,
+)
 from gradsift.benchmark.work import Cell, CellTask, Context, SelectTask, Workers, run_cell, run_selection, say
 from gradsift.data.load import write_jsonl
 from gradsift.evaluation.selector_metrics import GRADSIFT_METHODS, FeasibilityAttributes, gradsift_feasibility
@@ -432,6 +440,10 @@ class _Bench:
         infos = [BenchmarkInfo(b.name, b.kind.value, b.metric or "", bool(b.higher_is_better)) for b in cfg.benchmarks]
         table = add_pir(table, infos, self.notes)
         paired = comparisons(self.out, table, cfg, self.costs_by_group(), self.notes)
+        steps = cfg.train.get("max_steps")
+        smoke = smoke_note(smoke_reasons(paired, len(cfg.seeds), None if steps is None else int(steps)))
+        if smoke and smoke not in self.notes:
+            self.notes.insert(0, smoke)
         efficiency = efficiency_rows(table, infos, cfg.references, self.notes)
         return table, paired, efficiency, self.feasibility(table)
 

@@ -241,3 +241,35 @@ def write_tables(
     write_bytes_atomic(results / "results.parquet", buf.getvalue())
     write_text_atomic(results / "efficiency.csv", pd.DataFrame(efficiency).to_csv(index=False))
     write_text_atomic(results / "feasibility.csv", pd.DataFrame(feasibility).to_csv(index=False))
+
+
+#: The protocol's floor for a comparison that can tell methods apart (issue 15): evaluation examples per
+#: benchmark (generation-scored ones: prompts), training seeds, optimizer steps per cell.
+MIN_EVAL, MIN_EVAL_GENERATED, MIN_SEEDS, MIN_STEPS = 300, 200, 3, 60
+GENERATED = ("refusal_rate", "exact_match")
+
+
+def smoke_reasons(paired: dict[str, Any], seeds: int, max_steps: int | None) -> list[str]:
+    """Why a comparison is below the protocol's power (empty when it is not): too few evaluation examples per
+    benchmark (`paired` as `comparisons` returns it), seeds or optimizer steps."""
+    reasons = []
+    for name, entry in paired.items():
+        floor = MIN_EVAL_GENERATED if str(entry.get("metric")) in GENERATED else MIN_EVAL
+        if int(entry.get("n_eval") or 0) < floor:
+            reasons.append(f"{name} has {entry.get('n_eval')} evaluation examples (< {floor})")
+    if seeds < MIN_SEEDS:
+        reasons.append(f"{seeds} seed{'s' if seeds != 1 else ''} (< {MIN_SEEDS})")
+    if max_steps is not None and max_steps < MIN_STEPS:
+        reasons.append(f"{max_steps} optimizer steps per cell (< {MIN_STEPS})")
+    return reasons
+
+
+def smoke_note(reasons: list[str]) -> str | None:
+    """The report's first verdict for an underpowered run, or None."""
+    if not reasons:
+        return None
+    return (
+        "Smoke test, not evidence: " + "; ".join(reasons) + f". A comparison that can separate methods from noise "
+        f"needs >= {MIN_EVAL} evaluation examples per benchmark (>= {MIN_EVAL_GENERATED} prompts where the metric "
+        f"is generated), >= {MIN_SEEDS} seeds and >= {MIN_STEPS} steps."
+    )

@@ -177,7 +177,8 @@ def comparison_table(data: ReportData, benchmark: str, metric: str | None = None
 def verdicts(data: ReportData) -> list[str]:
     """One sentence per benchmark and reference: which selection methods beat it (interval excluding 0 on the
     better side), or that none does."""
-    out = []
+    # an underpowered run says so before any "beat"
+    out = [n for n in data.notes if n.startswith("Smoke test")]
     for name, b in data.comparisons.items():
         for key, label in (("random", "random at the same budget"), ("full", "full data (same steps)")):
             winners = [

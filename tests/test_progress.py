@@ -112,3 +112,11 @@ def test_bars_follows_the_mode_and_the_terminal(monkeypatch):
     monkeypatch.setattr(progress_module.sys, "stderr", FakeStderr(tty=False))
     set_mode("auto")
     assert not progress_module.bars()
+
+
+def test_a_fast_rate_is_written_without_scientific_notation():
+    clock = FakeClock()
+    bar = Progress(30, "loss", "ex", enabled=False, clock=clock)
+    clock.t += 0.025
+    bar.update(30)
+    assert "1200 ex/s" in bar.line() and "e+" not in bar.line()

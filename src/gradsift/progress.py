@@ -121,7 +121,9 @@ class Progress:
         if self.total:
             done += f" ({self.n / self.total:.0%})"
         rate = self.n / elapsed if elapsed > 0 else 0.0
-        parts = [f"{self.desc}: {done}", f"{rate:.3g} {self.unit}/s", f"elapsed {duration(elapsed)}"]
+        # three significant digits, but never scientific notation in a log line (1190 ex/s, not 1.19e+03)
+        shown = f"{rate:.0f}" if rate >= 1000 else f"{rate:.3g}"
+        parts = [f"{self.desc}: {done}", f"{shown} {self.unit}/s", f"elapsed {duration(elapsed)}"]
         if not self._closed and 0 < self.n < self.total and rate > 0:
             parts.append(f"ETA {duration((self.total - self.n) / rate)}")
         return ", ".join(parts)

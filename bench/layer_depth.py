@@ -39,12 +39,6 @@ from gradsift.stats import overlap, spearman  # noqa: E402
 METHODS = ("less", "prism")
 
 
-def is_pool_pass(timing: str, method: str) -> bool:
-    """Whether a recipe timing key (``features/<checkpoint>/pool-...``) is `method`'s pool feature pass: LESS's
-    are Adam-preconditioned (``-adam``), PRISM's plain."""
-    return timing.startswith("features/") and "/pool-" in timing and (timing.endswith("-adam") == (method == "less"))
-
-
 def run(args: argparse.Namespace, pool: Path, targets: Path, layers: str | None) -> dict[str, Any]:
     """One selection (cached: a finished run directory is read back, not recomputed)."""
     name = "all" if layers is None else layers.replace(":", "")

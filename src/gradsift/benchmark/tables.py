@@ -23,7 +23,7 @@ from gradsift.atomic import write_bytes_atomic, write_text_atomic
 from gradsift.benchmark.config import BenchConfig
 from gradsift.benchmark.metrics import Group, compare_groups, example_values
 from gradsift.evaluation.selector_metrics import BenchmarkScore, MethodPoint, efficiency_table
-from gradsift.report.data import BASELINES, BenchmarkInfo
+from gradsift.report.data import BASELINES, SMOKE_PREFIX, BenchmarkInfo
 
 
 def add_pir(table: Any, benchmarks: Sequence[BenchmarkInfo], notes: list[str]) -> Any:
@@ -269,7 +269,7 @@ def smoke_note(reasons: list[str]) -> str | None:
     if not reasons:
         return None
     return (
-        "Smoke test, not evidence: " + "; ".join(reasons) + f". A comparison that can separate methods from noise "
+        f"{SMOKE_PREFIX}: " + "; ".join(reasons) + f". A comparison that can separate methods from noise "
         f"needs >= {MIN_EVAL} evaluation examples per benchmark (>= {MIN_EVAL_GENERATED} prompts where the metric "
         f"is generated), >= {MIN_SEEDS} seeds and >= {MIN_STEPS} steps."
     )

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 BASELINES = ("full", "full-epoch", "base", "original", "aligned")
+#: How a bench note that the comparison is underpowered begins (the report lists such notes first).
+SMOKE_PREFIX = "Smoke test, not evidence"
 """Rows that are not selections: the whole pool for a cell's steps and for one epoch, the untrained model, the
 model before `prepare` and after its ``align`` step."""
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradsift.report.data import BASELINES, ReportData
+from gradsift.report.data import BASELINES, SMOKE_PREFIX, ReportData
 
 PROMPT_CHARS = 160
 RESPONSE_CHARS = 220
@@ -178,7 +178,7 @@ def verdicts(data: ReportData) -> list[str]:
     """One sentence per benchmark and reference: which selection methods beat it (interval excluding 0 on the
     better side), or that none does."""
     # an underpowered run says so before any "beat"
-    out = [n for n in data.notes if n.startswith("Smoke test")]
+    out = [n for n in data.notes if n.startswith(SMOKE_PREFIX)]
     for name, b in data.comparisons.items():
         for key, label in (("random", "random at the same budget"), ("full", "full data (same steps)")):
             winners = [

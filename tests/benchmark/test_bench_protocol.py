@@ -67,6 +67,18 @@ def test_steps_seeds_learning_rate_paired_statistics_and_costs(tmp_path, demo, t
     )
     assert (t.loc[t["method"].isin(["full", "random", "length"]), "train_steps"] == STEPS).all()
     assert (t.loc[t["method"] == "full-epoch", "train_steps"] == math.ceil(24 / FAST_TRAIN["batch_size"])).all()
+    # the epoch cells cost the most and come last, so a sitting stopped early has the matched-step comparisons
+    assert list(t["method"]) == [
+        "base",
+        "full",
+        "full",
+        "random",
+        "random",
+        "length",
+        "length",
+        "full-epoch",
+        "full-epoch",
+    ]
     # random selects with each seed, length once; training seeds differ either way
     lr_tag = f"__lr{lr['chosen']:g}"
     assert selection_ids(work, f"random__k6__s0{lr_tag}") != selection_ids(work, f"random__k6__s1{lr_tag}")

@@ -164,13 +164,18 @@ def test_bench_flags_reach_the_config(tmp_path):
             "--budgets",
             "5%,10",
             "--overwrite",
+            "--baselines",
+            "full",
         ]
     )
     cfg = bench_config(args)
     assert cfg.budgets == ["5%", "10"] and cfg.methods == ["random"] and cfg.device == "cpu" and cfg.overwrite
+    assert cfg.baselines == ["full"]
     assert cfg.workers == 2 and cfg.command is None  # pytest's own command line is not a bench command
     assert cfg.out == str(tmp_path / "w") and cfg.results is None
     with pytest.raises(ValueError, match="unknown method"):
         bench_config(parser().parse_args(["bench", str(path), "--methods", "nope"]))
+    with pytest.raises(ValueError, match="full-epoch"):
+        bench_config(parser().parse_args(["bench", str(path), "--baselines", "full-epochs"]))
     with pytest.raises(FileNotFoundError):
         bench_config(parser().parse_args(["bench", str(tmp_path / "none.yaml")]))

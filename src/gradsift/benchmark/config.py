@@ -229,7 +229,10 @@ class BenchConfig:
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
     seeds: list[int] = field(default_factory=lambda: [0])
     seeded_methods: list[str] = field(default_factory=lambda: ["random"])
-    baselines: list[str] = field(default_factory=lambda: ["full", "base"])
+    baselines: list[str] = setting(
+        default_factory=lambda: ["full", "base"],
+        help="run only these baselines, comma-separated (full, full-epoch, base, original, aligned)",
+    )
     band_size_of: str | None = None
     variants: dict[str, Variant] = field(default_factory=dict)
     data_seed: int = 0

@@ -4,6 +4,8 @@ re-evaluation after a benchmark change, the prepare step and DPO grids."""
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -302,3 +304,48 @@ def test_an_underpowered_comparison_is_called_a_smoke_test_before_any_verdict():
     assert smoke_note(smoke_reasons({"gsm8k_loss": {"metric": "mean_loss", "n_eval": 300}}, 3, 60)) is None
     note = smoke_note(reasons)
     assert note is not None and note.startswith("Smoke test, not evidence: gsm8k_loss has 12")
+
+
+# ------------------------------------------------------------------------------------------- killed sittings
+
+
+def test_a_resumed_selection_reports_the_cost_of_every_sitting(tmp_path, demo, tiny_model_dir):
+    b = _prepared(BenchConfig(**bench_dict(tmp_path, demo, tiny_model_dir, methods=["length"])))
+    ledger = b.out / "select" / "length__s0__k6.spent.json"
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text(json.dumps({"seconds": 100.0, "cpu_seconds": 90.0, "sittings": 1}))  # a killed sitting's
+    b.select()
+    meta = json.loads((b.out / "select" / "length__s0__k6" / "bench-selection.json").read_text())
+    assert 100 < meta["seconds"] < 160 and 90 < meta["cpu_seconds"] < 150 and meta["sittings"] == 2
+    assert b.costs[("length", "6", 0)] == {"wall_s": meta["seconds"], "cpu_s": meta["cpu_seconds"]}
+    assert not ledger.exists()
+
+
+def test_the_spent_ledger_is_written_while_the_work_runs(tmp_path):
+    path = tmp_path / "t.spent.json"
+    with work.SpentLedger(path, every=0.01) as spent:
+        sum(i * i for i in range(300_000))
+        deadline = time.monotonic() + 5
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        mid = json.loads(path.read_text())  # what a kill here would leave
+        assert mid["sittings"] == 1 and mid["seconds"] > 0
+    end = json.loads(path.read_text())
+    assert end == {k: end[k] for k in ("seconds", "cpu_seconds", "sittings")} and end["seconds"] >= mid["seconds"]
+    assert spent.totals()["sittings"] == 1
+
+
+def test_a_killed_sitting_is_recorded_and_marked_stopped(tmp_path):
+    cfg = SimpleNamespace(workers=2, command="gradsift bench x.yaml")
+    (tmp_path / "sittings.json").write_text(json.dumps([{"start": "s", "end": "e", "wall_s": 1, "cpu_s": 1}]))
+    sitting = bench_mod._Sitting(tmp_path, cfg, every=0.01)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 5
+    while len(json.loads((tmp_path / "sittings.json").read_text())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed_here = json.loads((tmp_path / "sittings.json").read_text())
+    assert len(killed_here) == 2 and killed_here[1]["stopped"] is True and killed_here[1]["workers"] == 2
+    done = sitting.end()
+    assert "stopped" not in done[1] and json.loads((tmp_path / "sittings.json").read_text()) == done
+    with pytest.raises(RuntimeError), bench_mod._Sitting(tmp_path, cfg, every=60):  # type: ignore[arg-type]
+        raise RuntimeError("a failed step")
+    assert json.loads((tmp_path / "sittings.json").read_text())[2]["stopped"] is True

@@ -170,12 +170,14 @@ def write_run_md(path: Path, data: ReportData, sittings: Sequence[dict[str, Any]
         f"GPU: {m.get('gpu', '?')}; torch {m.get('torch', '?')}, gradsift {m.get('gradsift', '?')}.",
         f"- Dates: {sittings[0]['start']} to {sittings[-1]['end']} ({len(sittings)} sitting(s)).",
         f"- Wall time {wall / 60:.1f} min, CPU time {cpu / 60:.1f} min (this process and its workers; a sitting "
-        "that only read back finished cells is short).",
+        "that only read back finished cells is short; one marked stopped was killed, and counts up to its last "
+        "30-second record).",
         "",
         "| start | end | wall min | CPU min | workers |",
         "| --- | --- | ---: | ---: | ---: |",
         *(
-            f"| {s['start']} | {s['end']} | {s['wall_s'] / 60:.1f} | {s['cpu_s'] / 60:.1f} | {s['workers']} |"
+            f"| {s['start']} | {s['end']}{' (stopped)' if s.get('stopped') else ''} | {s['wall_s'] / 60:.1f} | "
+            f"{s['cpu_s'] / 60:.1f} | {s['workers']} |"
             for s in sittings
         ),
     ]

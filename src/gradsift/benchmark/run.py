@@ -53,6 +53,7 @@ import datetime as dt
 import json
 import resource
 import shutil
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -113,10 +114,21 @@ class BenchResult:
     report: ReportData
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (the workers)."""
+def _cpu_seconds(live_children: bool = False) -> float:
+    """CPU seconds of this process and its finished children (the workers), and with `live_children` those
+    still running."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    total = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    if live_children:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.Error:  # ended meanwhile: counted by RUSAGE_CHILDREN once reaped
+                continue
+            total += times.user + times.system
+    return total
 
 
 class _Bench:
@@ -473,22 +485,53 @@ class _Bench:
         return gradsift_feasibility(names, extra=extra) if names else []
 
 
-def _record_sitting(out: Path, start: dt.datetime, wall: float, cpu: float, cfg: BenchConfig) -> list[dict[str, Any]]:
-    """Append this sitting to ``out/sittings.json``; returns every sitting so far."""
-    path = out / "sittings.json"
-    sittings = json.loads(path.read_text()) if path.exists() else []
-    sittings.append(
-        {
-            "start": start.strftime("%Y-%m-%d %H:%M:%S UTC"),
+class _Sitting:
+    """This sitting's entry in ``out/sittings.json``, rewritten every `every` seconds while the run lasts, so a
+    killed sitting still counts in ``RUN.md`` (less at most `every` seconds); ``stopped`` marks one that did
+    not reach its end. CPU seconds: this process and its workers, live or finished."""
+
+    def __init__(self, out: Path, cfg: BenchConfig, every: float = 30.0) -> None:
+        self.path, self.cfg, self.every = out / "sittings.json", cfg, every
+        self.before = json.loads(self.path.read_text()) if self.path.exists() else []
+        self.start, self.t0, self.cpu0 = dt.datetime.now(dt.UTC), time.perf_counter(), _cpu_seconds()
+        self._stop, self.ended = threading.Event(), False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _write(self, stopped: bool) -> list[dict[str, Any]]:
+        entry = {
+            "start": self.start.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "end": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "wall_s": round(wall, 1),
-            "cpu_s": round(cpu, 1),
-            "workers": cfg.workers,
-            "command": cfg.command,
+            "wall_s": round(time.perf_counter() - self.t0, 1),
+            "cpu_s": round(_cpu_seconds(live_children=True) - self.cpu0, 1),
+            "workers": self.cfg.workers,
+            "command": self.cfg.command,
         }
-    )
-    write_json_atomic(path, sittings)
-    return sittings
+        if stopped:
+            entry["stopped"] = True
+        sittings = [*self.before, entry]
+        write_json_atomic(self.path, sittings)
+        return sittings
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write(stopped=True)
+
+    def __enter__(self) -> _Sitting:
+        return self
+
+    def end(self) -> list[dict[str, Any]]:
+        """Record the sitting as finished; returns every sitting so far."""
+        self._stop.set()
+        self._thread.join()
+        self.ended = True
+        return self._write(stopped=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.ended:  # an error: the sitting is kept, marked stopped
+            self._stop.set()
+            self._thread.join()
+            self._write(stopped=True)
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
@@ -503,23 +546,29 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         return _run(cfg)
 
 
+def _grid(bench: _Bench) -> list[dict[str, Any]]:
+    """Steps 1-5 of the module docstring: data, prepare, selections, learning rate and cells."""
+    bench.prepare_data()
+    bench.prepare_model()
+    bench.select()
+    bench.search_lr()
+    if "max_steps" not in bench.cfg.train:
+        bench.notes.append("train.max_steps is not set: each cell trains its epochs, so steps differ by budget")
+    return bench.run_cells()
+
+
 def _run(cfg: BenchConfig) -> BenchResult:
-    start, t0, cpu0 = dt.datetime.now(dt.UTC), time.perf_counter(), _cpu_seconds()
+    t0 = time.perf_counter()
     with Workers(cfg.workers, cfg.progress) as workers:
         bench = _Bench(cfg, workers)
         bench.check_out()
-        bench.prepare_data()
-        bench.prepare_model()
-        bench.select()
-        bench.search_lr()
-        if "max_steps" not in cfg.train:
-            bench.notes.append("train.max_steps is not set: each cell trains its epochs, so steps differ by budget")
-        rows = bench.run_cells()
-    table, paired, efficiency, feasibility = bench.aggregate(rows)
-    results = cfg.results_dir()
-    results.mkdir(parents=True, exist_ok=True)
-    write_tables(results, table, paired, efficiency, feasibility)
-    sittings = _record_sitting(bench.out, start, time.perf_counter() - t0, _cpu_seconds() - cpu0, cfg)
+        with _Sitting(bench.out, cfg) as sitting:
+            rows = _grid(bench)
+            table, paired, efficiency, feasibility = bench.aggregate(rows)
+            results = cfg.results_dir()
+            results.mkdir(parents=True, exist_ok=True)
+            write_tables(results, table, paired, efficiency, feasibility)
+            sittings = sitting.end()
     data = collect_report_data(
         cfg,
         sets=bench.sets,

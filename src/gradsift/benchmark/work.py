@@ -8,9 +8,11 @@ and returns a small summary, so the main process never needs a worker's memory, 
 by unit.
 
 Selection cost. A selection's CPU seconds (``time.process_time`` of the process that ran it, all its threads)
-and wall seconds are measured around `run_select` and kept in its ``bench-selection.json``. With the bench's
-default ``select_cache: method`` each method has its own cache, so the cost counts every step the method
-needs (warm-up, features, generations, DPO runs, scoring) even where another method needs the same steps.
+and wall seconds are measured around `run_select` and kept in its ``bench-selection.json``, summed over the
+sittings it took: a running selection flushes what it has spent to ``select/<task>.spent.json`` every 15 s, so
+a selection resumed after a kill reports its whole cost, less at most 15 s per kill. With the bench's default
+``select_cache: method`` each method has its own cache, so the cost counts every step the method needs
+(warm-up, features, generations, DPO runs, scoring) even where another method needs the same steps.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -99,6 +102,44 @@ class SelectTask:
         return f"select {self.method} (seed {self.seed}, {'band' if self.k is None else self.k})"
 
 
+class SpentLedger:
+    """Wall and CPU seconds of one unit of work summed over sittings (module docstring).
+
+    ``with SpentLedger(path) as spent:`` adds this sitting to the totals `path` holds and rewrites them every
+    `every` seconds and on exit; ``spent.totals()`` gives ``{"seconds", "cpu_seconds", "sittings"}`` so far.
+    """
+
+    def __init__(self, path: Path, every: float = 15.0) -> None:
+        self.path, self.every = path, every
+        self.before = {"seconds": 0.0, "cpu_seconds": 0.0, "sittings": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flush_loop, daemon=True)
+
+    def __enter__(self) -> SpentLedger:
+        if self.path.exists():
+            old = json.loads(self.path.read_text())
+            self.before = {k: old.get(k, 0) for k in self.before}
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self._thread.start()
+        return self
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.before["seconds"] + time.perf_counter() - self.wall0, 3),
+            "cpu_seconds": round(self.before["cpu_seconds"] + time.process_time() - self.cpu0, 3),
+            "sittings": int(self.before["sittings"]) + 1,
+        }
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.every):
+            write_json_atomic(self.path, self.totals())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        write_json_atomic(self.path, self.totals())
+
+
 def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
     """Select with `task`'s method (cached): returns its ``bench-selection.json`` (``topk``: whether the
     selection is the top-k of the scores; ``seconds``, ``cpu_seconds``: its cost; ``n_selected``), or
@@ -110,11 +151,13 @@ def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
     options = cfg.method_options(task.method)
     d = ctx.out / "select" / task.dirname
     marker = d / "bench-selection.json"
+    ledger = d.parent / f"{task.dirname}.spent.json"
     if marker.exists():
         meta = json.loads(marker.read_text())
         if meta.get("method") == base and meta.get("options") == json.loads(json.dumps(options, default=str)):
             return meta
         shutil.rmtree(d)  # a variant's options changed: its selection is stale
+        ledger.unlink(missing_ok=True)
     cache = ctx.out / "cache" / (task.method if cfg.select_cache == "method" else "")
     settings = {k: v for k, v in cfg.select.items() if k != "options"}
     scfg = SelectConfig(
@@ -133,20 +176,22 @@ def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
         options=options,
         **settings,
     )
-    wall, cpu = time.perf_counter(), time.process_time()
-    try:
-        res = run_select(scfg)
-    except NotImplementedError as e:
-        return {"unavailable": str(e)}
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with SpentLedger(ledger) as spent:
+        try:
+            res = run_select(scfg)
+        except NotImplementedError as e:
+            ledger.unlink(missing_ok=True)
+            return {"unavailable": str(e)}
     meta = {
         "method": base,
         "options": json.loads(json.dumps(options, default=str)),
         "topk": res.scores[base].selected is None,
         "n_selected": len(res.selections[base]),
-        "seconds": round(time.perf_counter() - wall, 3),
-        "cpu_seconds": round(time.process_time() - cpu, 3),
+        **spent.totals(),
     }
     write_json_atomic(marker, meta)
+    ledger.unlink()
     return meta
 
 

@@ -4,11 +4,14 @@ re-evaluation after a benchmark change, the prepare step and DPO grids."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 from benchkit import FAST_SELECT, FAST_TRAIN, bench_dict, write_jsonl
@@ -349,3 +352,37 @@ def test_a_killed_sitting_is_recorded_and_marked_stopped(tmp_path):
     with pytest.raises(RuntimeError), bench_mod._Sitting(tmp_path, cfg, every=60):  # type: ignore[arg-type]
         raise RuntimeError("a failed step")
     assert json.loads((tmp_path / "sittings.json").read_text())[2]["stopped"] is True
+
+
+_ORPHAN = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from gradsift.benchmark.work import watch_parent
+
+def pid_then_sleep():
+    return os.getpid()
+
+if __name__ == "__main__":
+    spawn = get_context("spawn")
+    pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=watch_parent, initargs=(os.getpid(), 0.05))
+    print(pool.submit(pid_then_sleep).result(), flush=True)
+    time.sleep(60)
+"""
+
+
+def test_workers_end_when_the_bench_process_is_killed(tmp_path):
+    script = tmp_path / "bench_like.py"
+    script.write_text(_ORPHAN)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = psutil.Process(int(proc.stdout.readline()))
+    assert worker.is_running()  # alive while its parent is
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE:
+            return
+        time.sleep(0.05)
+    worker.kill()
+    pytest.fail("the worker outlived the killed bench process")

@@ -379,7 +379,20 @@ def _row(
 # Running units, here or in workers
 
 
-def _init_worker(threads: int, progress: bool) -> None:
+def watch_parent(parent: int, every: float = 2.0) -> None:
+    """End this worker when the bench process `parent` is gone (killed): a unit nobody waits for would keep
+    training and hold its cell's lock against the rerun."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _init_worker(threads: int, progress: bool, parent: int) -> None:
+    watch_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -423,7 +436,7 @@ class Workers:
                 max_workers=self.workers,
                 mp_context=get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(threads, self.progress),
+                initargs=(threads, self.progress, os.getpid()),
                 max_tasks_per_child=1,
             )
         return self._pool

@@ -4,11 +4,12 @@ against direct counts; the pool records as the report shows them."""
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from gradsift.benchmark.reportdata import pool_item, selection_summary
+from gradsift.benchmark.reportdata import pool_item, selection_summary, write_run_md
 from gradsift.data.records import Example, MCItem, Pair
 from gradsift.report.data import MethodSelection, PoolItem
 
@@ -73,3 +74,15 @@ def test_pool_items_show_the_last_user_turn_and_the_response():
     pair = Pair(id="p", prompt=[{"role": "user", "content": "q"}], chosen="good", rejected="bad")
     assert pool_item(pair) == PoolItem("p", None, "q", "chosen: good\nrejected: bad")
     assert pool_item(MCItem("m", "q?", ["a", "b"], "B")) == PoolItem("m", None, "q?", "b")
+
+
+def test_run_md_counts_every_sitting_and_marks_a_stopped_one(tmp_path):
+    data = SimpleNamespace(machine={"cpus": 2}, title="t", lr_search=None, prepare={})
+    sittings = [
+        {"start": "a", "end": "b", "wall_s": 600.0, "cpu_s": 1200.0, "workers": 1, "stopped": True, "note": "by hand"},
+        {"start": "c", "end": "d", "wall_s": 60.0, "cpu_s": 120.0, "workers": 1},
+    ]
+    write_run_md(tmp_path / "RUN.md", data, sittings)  # type: ignore[arg-type]
+    text = (tmp_path / "RUN.md").read_text()
+    assert "Wall time 11.0 min, CPU time 22.0 min" in text and "(2 sitting(s))" in text
+    assert "| a | b (stopped) (by hand) | 10.0 | 20.0 | 1 |" in text and "| c | d | 1.0 | 2.0 | 1 |" in text

@@ -176,7 +176,8 @@ def write_run_md(path: Path, data: ReportData, sittings: Sequence[dict[str, Any]
         "| start | end | wall min | CPU min | workers |",
         "| --- | --- | ---: | ---: | ---: |",
         *(
-            f"| {s['start']} | {s['end']}{' (stopped)' if s.get('stopped') else ''} | {s['wall_s'] / 60:.1f} | "
+            f"| {s['start']} | {s['end']}{' (stopped)' if s.get('stopped') else ''}"
+            f"{' (' + str(s['note']) + ')' if s.get('note') else ''} | {s['wall_s'] / 60:.1f} | "
             f"{s['cpu_s'] / 60:.1f} | {s['workers']} |"
             for s in sittings
         ),

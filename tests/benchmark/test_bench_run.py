@@ -119,6 +119,7 @@ def test_grid_end_to_end_resume_and_reevaluation(tmp_path, demo, tiny_model_dir,
     res = run_bench(BenchConfig(**raw))
 
     assert res.unavailable == {"loss": "method 'loss' is not available in this version of gradsift"}
+    assert not list((tmp_path / "work" / "select").glob("*.spent.json"))  # no cost kept for a method not provided
     t = pd.read_csv(tmp_path / "results" / "results.csv")
     assert list(t["method"]) == ["base", "full", "random", "length"]
     assert list(t["n_selected"]) == [0, 24, 6, 6] and list(t["sdf"]) == [0.0, 1.0, 0.25, 0.25]

@@ -53,7 +53,6 @@ import datetime as dt
 import json
 import resource
 import shutil
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -76,7 +75,17 @@ from gradsift.benchmark.tables import (
     smoke_reasons,
     write_tables,
 )
-from gradsift.benchmark.work import Cell, CellTask, Context, SelectTask, Workers, run_cell, run_selection, say
+from gradsift.benchmark.work import (
+    Cell,
+    CellTask,
+    Context,
+    PeriodicFlush,
+    SelectTask,
+    Workers,
+    run_cell,
+    run_selection,
+    say,
+)
 from gradsift.data.load import write_jsonl
 from gradsift.evaluation.selector_metrics import GRADSIFT_METHODS, FeasibilityAttributes, gradsift_feasibility
 from gradsift.report.data import MethodSelection, ReportData
@@ -491,12 +500,10 @@ class _Sitting:
     not reach its end. CPU seconds: this process and its workers, live or finished."""
 
     def __init__(self, out: Path, cfg: BenchConfig, every: float = 30.0) -> None:
-        self.path, self.cfg, self.every = out / "sittings.json", cfg, every
+        self.path, self.cfg = out / "sittings.json", cfg
         self.before = json.loads(self.path.read_text()) if self.path.exists() else []
         self.start, self.t0, self.cpu0 = dt.datetime.now(dt.UTC), time.perf_counter(), _cpu_seconds()
-        self._stop, self.ended = threading.Event(), False
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        self._flusher = PeriodicFlush(lambda: self._write(stopped=True), every).start()
 
     def _write(self, stopped: bool) -> list[dict[str, Any]]:
         entry = {
@@ -513,24 +520,16 @@ class _Sitting:
         write_json_atomic(self.path, sittings)
         return sittings
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self._write(stopped=True)
-
     def __enter__(self) -> _Sitting:
         return self
 
     def end(self) -> list[dict[str, Any]]:
         """Record the sitting as finished; returns every sitting so far."""
-        self._stop.set()
-        self._thread.join()
-        self.ended = True
+        self._flusher.stop()
         return self._write(stopped=False)
 
     def __exit__(self, *exc: Any) -> None:
-        if not self.ended:  # an error: the sitting is kept, marked stopped
-            self._stop.set()
-            self._thread.join()
+        if self._flusher.stop():  # not ended: an error; the sitting is kept, marked stopped
             self._write(stopped=True)
 
 

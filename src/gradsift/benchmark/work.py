@@ -102,6 +102,32 @@ class SelectTask:
         return f"select {self.method} (seed {self.seed}, {'band' if self.k is None else self.k})"
 
 
+class PeriodicFlush:
+    """Calls `flush` on a daemon thread every `every` seconds from `start` until `stop`, so a long unit leaves
+    its record on disk if the process is killed."""
+
+    def __init__(self, flush: Callable[[], Any], every: float) -> None:
+        self._flush, self.every = flush, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> PeriodicFlush:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._flush()
+
+    def stop(self) -> bool:
+        """Stop and join the thread; False when it was stopped already."""
+        if self._stop.is_set():
+            return False
+        self._stop.set()
+        self._thread.join()
+        return True
+
+
 class SpentLedger:
     """Wall and CPU seconds of one unit of work summed over sittings (module docstring).
 
@@ -110,17 +136,16 @@ class SpentLedger:
     """
 
     def __init__(self, path: Path, every: float = 15.0) -> None:
-        self.path, self.every = path, every
+        self.path = path
         self.before = {"seconds": 0.0, "cpu_seconds": 0.0, "sittings": 0}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._flush_loop, daemon=True)
+        self._flusher = PeriodicFlush(self._write, every)
 
     def __enter__(self) -> SpentLedger:
         if self.path.exists():
             old = json.loads(self.path.read_text())
             self.before = {k: old.get(k, 0) for k in self.before}
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        self._thread.start()
+        self._flusher.start()
         return self
 
     def totals(self) -> dict[str, Any]:
@@ -130,14 +155,12 @@ class SpentLedger:
             "sittings": int(self.before["sittings"]) + 1,
         }
 
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(self.every):
-            write_json_atomic(self.path, self.totals())
+    def _write(self) -> None:
+        write_json_atomic(self.path, self.totals())
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        write_json_atomic(self.path, self.totals())
+        self._flusher.stop()
+        self._write()
 
 
 def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
@@ -177,12 +200,12 @@ def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
         **settings,
     )
     d.parent.mkdir(parents=True, exist_ok=True)
-    with SpentLedger(ledger) as spent:
-        try:
+    try:
+        with SpentLedger(ledger) as spent:
             res = run_select(scfg)
-        except NotImplementedError as e:
-            ledger.unlink(missing_ok=True)
-            return {"unavailable": str(e)}
+    except NotImplementedError as e:
+        ledger.unlink(missing_ok=True)  # after the ledger's last write: nothing of a method not provided is kept
+        return {"unavailable": str(e)}
     meta = {
         "method": base,
         "options": json.loads(json.dumps(options, default=str)),

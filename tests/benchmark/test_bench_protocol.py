@@ -240,3 +240,34 @@ def test_align_until_checked_then_break_and_the_aligned_baseline(tmp_path, demo,
     assert t.loc["original", "tl.mean_loss"] != pytest.approx(t.loc["aligned", "tl.mean_loss"])
     run_md = (tmp_path / "results" / "RUN.md").read_text()
     assert "## Prepare step align" in run_md and "NOT reached" in run_md
+
+
+def test_an_unfinished_prepare_step_with_other_data_starts_over(tmp_path, tiny_model_dir):
+    from gradsift.benchmark.prepare import PrepareConfig, run_prepare
+    from gradsift.model.load import ModelSettings
+
+    def data(answer: str):
+        return write_jsonl(tmp_path / f"{answer}.jsonl", [{"prompt": f"q {i}?", "response": answer} for i in range(4)])
+
+    def run(path) -> None:
+        train = {"max_steps": 1, "batch_size": 2, "max_length": 32}
+        step = {"data": {"sources": [{"path": str(path)}]}, "train": train}
+        run_prepare(
+            PrepareConfig(harmful_finetune=step),
+            str(tiny_model_dir),
+            lambda m: ModelSettings(model=m, dtype="float32", device="cpu"),
+            tmp_path / "work",
+            0,
+            {},
+            {},
+            lambda s: None,
+        )
+
+    d = tmp_path / "work" / "prepare" / "harmful_finetune"
+    run(data("first answer"))
+    weights = (d / "round-1" / "model" / "model.safetensors").read_bytes()
+    (d / "step.json").unlink()  # killed after its round, before the step recorded its end
+    run(data("another answer entirely"))
+    # the round is trained again on the new data, not read back from the first run
+    assert (d / "round-1" / "model" / "model.safetensors").read_bytes() != weights
+    assert json.loads((d / "step.json").read_text())["n_train"] == 4

@@ -232,7 +232,11 @@ class _Step:
             if state.get("identity") == identity:
                 return state
             shutil.rmtree(self.d)
+        elif self.d.exists() and _read_json(self.d / "identity.json") != identity:
+            # an unfinished step with other data or settings: its rounds' models and checks are stale
+            shutil.rmtree(self.d)
         self.d.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.d / "identity.json", identity)
         t0 = time.perf_counter()
         records, _ = build_set(self.step.data, self.name, self.data_seed)
         data_path = self.d / "train.jsonl"
@@ -315,3 +319,11 @@ class _Step:
         result["check_identity"] = identity
         write_results(path, result)
         return float(result["metrics"][until.metric])
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -86,3 +86,15 @@ def test_run_md_counts_every_sitting_and_marks_a_stopped_one(tmp_path):
     text = (tmp_path / "RUN.md").read_text()
     assert "Wall time 11.0 min, CPU time 22.0 min" in text and "(2 sitting(s))" in text
     assert "| a | b (stopped) (by hand) | 10.0 | 20.0 | 1 |" in text and "| c | d | 1.0 | 2.0 | 1 |" in text
+
+
+def test_run_md_keeps_the_notes_written_into_it(tmp_path):
+    data = SimpleNamespace(machine={"cpus": 2}, title="t", lr_search=None, prepare={})
+    path = tmp_path / "RUN.md"
+    write_run_md(path, data, [{"start": "a", "end": "b", "wall_s": 60.0, "cpu_s": 60.0, "workers": 1}])  # type: ignore[arg-type]
+    notes = "<!-- notes -->\n**Partial grid.** Two sittings ran by hand.\n<!-- /notes -->"
+    path.write_text(path.read_text().replace("- Command", notes + "\n\n- Command", 1) + "stray edit\n")
+    write_run_md(path, data, [{"start": "c", "end": "d", "wall_s": 60.0, "cpu_s": 60.0, "workers": 1}])  # type: ignore[arg-type]
+    text = path.read_text()
+    assert text.count(notes) == 1 and text.index(notes) < text.index("- Command")
+    assert "| c | d |" in text and "| a | b |" not in text and "stray edit" not in text

@@ -157,14 +157,17 @@ def collect_report_data(
 
 def write_run_md(path: Path, data: ReportData, sittings: Sequence[dict[str, Any]]) -> None:
     """``RUN.md``: how the results were made: command, machine, each sitting's dates, wall and CPU time,
-    the learning-rate search and the prepare checks."""
+    the learning-rate search and the prepare checks. A block the user wrote into an earlier ``RUN.md`` between
+    the lines ``<!-- notes -->`` and ``<!-- /notes -->`` is kept, under the title."""
     m = data.machine
+    kept = _kept_notes(path)
     wall = sum(float(s["wall_s"]) for s in sittings)
     cpu = sum(float(s["cpu_s"]) for s in sittings)
     commands = list(dict.fromkeys(str(s.get("command") or "gradsift.bench(config) from Python") for s in sittings))
     lines = [
         f"# How this run was made: {data.title}",
         "",
+        *([kept, ""] if kept else []),
         "- Command: " + "; then ".join(f"`{c}`" for c in commands),
         f"- Machine: {m.get('processor', '?')}, {m.get('cpus', '?')} CPUs, {m.get('memory', '?')}, "
         f"GPU: {m.get('gpu', '?')}; torch {m.get('torch', '?')}, gradsift {m.get('gradsift', '?')}.",
@@ -216,6 +219,21 @@ def write_run_md(path: Path, data: ReportData, sittings: Sequence[dict[str, Any]
                 f"(target {bound}: {'reached' if step['met'] else 'NOT reached'})."
             )
     write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+NOTES_START, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
+
+
+def _kept_notes(path: Path) -> str | None:
+    """The hand-written block of an existing ``RUN.md``, markers included, or None."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    start, end = text.find(NOTES_START), text.find(NOTES_END)
+    if start < 0 or end < start:
+        return None
+    return text[start : end + len(NOTES_END)]
 
 
 def write_report(data: ReportData, results: Path) -> None:

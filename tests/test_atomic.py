@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -78,3 +80,16 @@ def test_sigkill_before_rename_keeps_old_contents(tmp_path):
     # The only trace is a hidden temporary file, which no reader mistakes for the real one.
     leftovers = [name for name in _files(tmp_path) if name != "metadata.json"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".metadata.json.") and leftovers[0].endswith(".tmp")
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_written_files_get_the_mode_of_a_plain_open_or_keep_the_old_one(tmp_path):
+    new = tmp_path / "new.json"
+    write_json_atomic(new, {"a": 1})
+    (tmp_path / "plain.txt").write_text("x")
+    assert stat.S_IMODE(new.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    old = tmp_path / "old.txt"
+    old.write_text("x")
+    old.chmod(0o640)
+    write_text_atomic(old, "y")
+    assert stat.S_IMODE(old.stat().st_mode) == 0o640 and old.read_text() == "y"

@@ -372,3 +372,16 @@ def test_text_helpers():
     assert truncate("x" * 50, 10) == "x" * 9 + "…"
     assert fmt(None) == fmt(float("nan")) == "-"
     assert fmt(3.0) == "3" and fmt(0.000123456) == "0.0001235" and fmt(True) == "yes"
+
+
+def test_error_bars_survive_rounding_and_a_difference_outside_its_interval():
+    from gradsift.report.plots import cost_quality, metric_vs_budget
+
+    d = synthetic()
+    random = d.table[d.table["method"] == "random"]
+    d.table = pd.concat([d.table, random[random["seed"] == 0].assign(seed=2)], ignore_index=True)
+    # the mean of three seeds at 0.025 is 0.025 + 3e-18, above their max (the safety bench's refusal rate)
+    d.table.loc[d.table["method"] == "random", "tl.mean_loss"] = 0.025
+    assert metric_vs_budget(d).startswith(PNG_MAGIC)
+    d.comparisons["tl"]["methods"]["less"]["20%"]["vs_random"] = vs(0.4, 0.05, 0.35, "better")
+    assert cost_quality(d).startswith(PNG_MAGIC)

@@ -125,7 +125,8 @@ def metric_vs_budget(data: ReportData) -> bytes | None:
             agg = agg.dropna(subset=["mean"])
             if agg.empty:
                 continue
-            yerr = np.vstack([agg["mean"] - agg["lo"], agg["hi"] - agg["mean"]])
+            # equal seeds' mean can round a hair outside [min, max]; matplotlib refuses negative bars
+            yerr = np.clip(np.vstack([agg["mean"] - agg["lo"], agg["hi"] - agg["mean"]]), 0.0, None)
             ax.errorbar(agg["sdf"], agg["mean"], yerr=yerr, marker="o", ms=5, capsize=3, color=colours.get(m), label=m)
         for name, style in (("full", "--"), ("full-epoch", (0, (5, 1))), ("base", ":"), ("original", "-.")):
             ref = table[table["method"] == name]
@@ -184,7 +185,7 @@ def cost_quality(data: ReportData) -> bytes | None:
             else:
                 lo, hi = sorted((sign * vs["ci95_low"], sign * vs["ci95_high"]))
                 y = sign * vs["diff"]
-                err = [[y - lo], [hi - y]]
+                err = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]  # a bootstrap interval need not hold the mean
             ax.errorbar(
                 x,
                 y,

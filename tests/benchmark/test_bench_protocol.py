@@ -240,6 +240,7 @@ def test_align_until_checked_then_break_and_the_aligned_baseline(tmp_path, demo,
     assert t.loc["original", "tl.mean_loss"] != pytest.approx(t.loc["aligned", "tl.mean_loss"])
     run_md = (tmp_path / "results" / "RUN.md").read_text()
     assert "## Prepare step align" in run_md and "NOT reached" in run_md
+    assert "min of wall time in the sitting that finished it" in run_md
 
 
 def test_an_unfinished_prepare_step_with_other_data_starts_over(tmp_path, tiny_model_dir):
@@ -271,3 +272,59 @@ def test_an_unfinished_prepare_step_with_other_data_starts_over(tmp_path, tiny_m
     # the round is trained again on the new data, not read back from the first run
     assert (d / "round-1" / "model" / "model.safetensors").read_bytes() != weights
     assert json.loads((d / "step.json").read_text())["n_train"] == 4
+
+
+def test_prepare_steps_are_redone_only_when_what_made_them_changed(tmp_path, tiny_model_dir):
+    """A new break keeps a finished align; a new check set redoes its step; a new align redoes the break."""
+    from gradsift.benchmark.prepare import PrepareConfig, run_prepare
+    from gradsift.benchmark.sets import read_set
+    from gradsift.model.load import ModelSettings
+
+    refusals = write_jsonl(tmp_path / "r.jsonl", [{"prompt": f"q {i}?", "response": "No."} for i in range(4)])
+    other = write_jsonl(tmp_path / "o.jsonl", [{"prompt": f"q {i}?", "response": "I won't."} for i in range(4)])
+    comply = write_jsonl(tmp_path / "c.jsonl", [{"prompt": f"q {i}?", "response": "Sure, here"} for i in range(4)])
+    train = {"max_steps": 1, "batch_size": 2, "max_length": 32}
+    work = tmp_path / "work" / "prepare"
+
+    def run(align=refusals, break_lr=1e-3, n_check=2) -> None:
+        check = write_jsonl(tmp_path / f"check{n_check}.jsonl", [{"prompt": f"harm {i}"} for i in range(n_check)])
+        # no refusal rate reaches 1.01: the break always trains its one round and then checks it
+        until = {"data": "check", "at_least": 1.01, "max_rounds": 1, "settings": {"max_new_tokens": 2}}
+        run_prepare(
+            PrepareConfig(
+                align={"data": {"sources": [{"path": str(align)}]}, "train": train},
+                harmful_finetune={
+                    "data": {"sources": [{"path": str(comply)}]},
+                    "train": {**train, "lr": break_lr},
+                    "until": until,
+                },
+            ),
+            str(tiny_model_dir),
+            lambda m: ModelSettings(model=m, dtype="float32", device="cpu"),
+            tmp_path / "work",
+            0,
+            {"check": read_set(check, "prompts")},
+            {"check": check},
+            lambda s: None,
+        )
+
+    def written() -> tuple[int, int]:
+        return tuple(  # type: ignore[return-value]
+            (work / s / "round-1" / "model" / "model.safetensors").stat().st_mtime_ns
+            for s in ("align", "harmful_finetune")
+        )
+
+    run()
+    align0, break0 = written()
+    run()
+    assert written() == (align0, break0)  # nothing changed: both reused
+    run(break_lr=1e-4)
+    align1, break1 = written()
+    assert align1 == align0 and break1 != break0
+    run(break_lr=1e-4, n_check=3)
+    align2, break2 = written()
+    assert align2 == align0 and break2 != break1
+    assert len(json.loads((work / "harmful_finetune" / "round-1" / "check.json").read_text())["examples"]) == 3
+    run(align=other, break_lr=1e-4, n_check=3)
+    align3, break3 = written()
+    assert align3 != align0 and break3 != break2

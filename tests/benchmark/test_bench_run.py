@@ -94,8 +94,26 @@ def test_rerun_with_other_settings_is_refused(tmp_path, demo, tiny_model_dir):
     changed = dict(raw, train={**FAST_TRAIN, "lr": 0.5})
     with pytest.raises(ValueError, match=r"different settings: train.lr \(0.001 -> 0.5\)"):
         _prepared(BenchConfig(**changed))
+    (tmp_path / "work" / "select" / "old-selection").mkdir(parents=True)
+    (tmp_path / "work" / "sittings.json").write_text("[]")
+    pool_written = (tmp_path / "work" / "data" / "pool.jsonl").stat().st_mtime_ns
     b = _prepared(BenchConfig(**dict(changed, overwrite=True)))
     assert json.loads((b.out / "bench.json").read_text())["identity"]["train"]["lr"] == 0.5
+    # the old run's selections go; its data sets, whose spec did not change, are kept as they were
+    assert not (b.out / "select").exists() and not (b.out / "sittings.json").exists()
+    assert (b.out / "data" / "pool.jsonl").stat().st_mtime_ns == pool_written
+    # other data: the sets are rebuilt, and a set the config dropped leaves no file behind
+    raw_sets = dict(
+        changed,
+        data={
+            **raw["data"],
+            "sets": {"extra": {"sources": [{"path": raw["data"]["pool"]["sources"][0]["path"], "limit": 3}]}},
+        },
+    )
+    _prepared(BenchConfig(**dict(raw_sets, overwrite=True)))
+    assert (b.out / "data" / "extra.jsonl").exists()
+    _prepared(BenchConfig(**dict(changed, overwrite=True)))
+    assert not (b.out / "data" / "extra.jsonl").exists()
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "x").write_text("keep me")

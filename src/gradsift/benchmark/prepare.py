@@ -27,7 +27,7 @@ from typing import Any
 from gradsift.atomic import write_json_atomic
 from gradsift.benchmark.dataspec import DataSpec, fields_of, from_mapping
 from gradsift.benchmark.metrics import METRIC_DIRECTIONS, PRIMARY_METRICS
-from gradsift.benchmark.sets import Record, as_example, build_set, read_set, record_row
+from gradsift.benchmark.sets import Record, as_example, build_set, fingerprint, read_set, record_row
 from gradsift.data.load import write_jsonl
 from gradsift.evaluation.run import EvaluateConfig
 from gradsift.model.load import ModelSettings
@@ -196,10 +196,16 @@ def run_prepare(
     result = PrepareResult(models={"original": model, "base": model})
     if prepare is None:
         return result
-    current = model
-    for name, step in prepare.steps():
-        state = _Step(name, step, out / "prepare" / name, settings, data_seed, sets, set_paths, say).run(current)
-        current = state["model"]
+    current, upstream = model, None
+    configured = dict(prepare.steps())
+    for name in STEPS:
+        if name not in configured and (out / "prepare" / name / "identity.json").exists():
+            shutil.rmtree(out / "prepare" / name)  # a step the config no longer has
+    for name, step in configured.items():
+        state = _Step(name, step, out / "prepare" / name, settings, data_seed, sets, set_paths, say).run(
+            current, upstream
+        )
+        current, upstream = state["model"], state["identity"]
         result.steps[name] = state
         if name == "align":
             result.models["aligned"] = current
@@ -224,9 +230,21 @@ class _Step:
         self.name, self.step, self.d, self.settings = name, step, d, settings
         self.data_seed, self.sets, self.set_paths, self.say = data_seed, sets, set_paths, say
 
-    def run(self, model_in: str) -> dict[str, Any]:
+    def run(self, model_in: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run (or reuse) the step on `model_in`; `upstream` is the identity of the step that made it.
+
+        The identity covers the model given (its path and the step that wrote it, so a redone ``align`` redoes
+        the break), the step's settings and the records of its check set; a stored step with another identity
+        is redone.
+        """
         state_path = self.d / "step.json"
-        identity = {"input": model_in, "step": json.loads(json.dumps(asdict(self.step), default=str))}
+        until = self.step.until
+        identity = {
+            "input": model_in,
+            "after": upstream,
+            "check_set": fingerprint(self.sets[until.data]) if until is not None else None,
+            "step": json.loads(json.dumps(asdict(self.step), default=str)),
+        }
         if state_path.exists():
             state = json.loads(state_path.read_text())
             if state.get("identity") == identity:
@@ -241,7 +259,6 @@ class _Step:
         records, _ = build_set(self.step.data, self.name, self.data_seed)
         data_path = self.d / "train.jsonl"
         write_jsonl(data_path, [record_row(r) for r in records])
-        until = self.step.until
         checks: list[float] = []
         if until is not None:
             checks.append(self.check(model_in, self.d / "check-0.json"))

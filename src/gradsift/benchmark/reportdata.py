@@ -209,7 +209,13 @@ def write_run_md(path: Path, data: ReportData, sittings: Sequence[dict[str, Any]
             "",
             f"## Prepare step {name}",
             "",
-            f"- {step['n_train']} training examples, {step['rounds']} round(s).",
+            f"- {step['n_train']} training examples, {step['rounds']} round(s)"
+            + (
+                f", {step['seconds'] / 60:.1f} min of wall time in the sitting that finished it (a step kept from an "
+                "earlier run is not in the sittings above)."
+                if step.get("seconds") is not None
+                else "."
+            ),
         ]
         if until is not None:
             checks = ", ".join(f"{v:.3f}" for v in step["checks"])

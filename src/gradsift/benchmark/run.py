@@ -43,8 +43,10 @@ Efficiency is computed per budget (`gradsift.benchmark.tables`); feasibility ran
 `gradsift_feasibility` for the methods run (a variant has its method's entries).
 
 Settings changes: a rerun with other data, model, prepare, selection, variant or training settings in the
-same ``out`` is refused unless `overwrite` (which deletes the previous run's files); changing the grid adds
-cells, changing benchmarks re-evaluates.
+same ``out`` is refused unless `overwrite`, which deletes the previous run's selections, cells and caches but
+keeps what checks itself: the data sets (rebuilt when their spec changed) and the prepare steps (each redone
+when its settings, its check set or the model given to it changed, so a new break keeps a finished align);
+changing the grid adds cells, changing benchmarks re-evaluates.
 """
 
 from __future__ import annotations
@@ -182,9 +184,12 @@ class _Bench:
                     check_same_settings(
                         str(self.out), old, identity, what="a bench run", elsewhere="choose another out"
                     )
-                for sub in ("data", "prepare", "select", "cells", "cache"):
+                # data/ and prepare/ check their own identity when they are read (prepare_data, run_prepare)
+                for sub in ("select", "cells", "cache"):
                     shutil.rmtree(self.out / sub, ignore_errors=True)
-                (self.out / "lr_search.json").unlink(missing_ok=True)
+                # the old run's sittings: RUN.md's wall time is this run's (a kept prepare step has its own)
+                for name in ("lr_search.json", "sittings.json"):
+                    (self.out / name).unlink(missing_ok=True)
         elif any(p.name != LOCK_FILE for p in self.out.iterdir()):
             raise ValueError(f"{self.out} is not empty and holds no bench run (bench.json missing); use an empty dir")
         write_json_atomic(
@@ -205,6 +210,10 @@ class _Bench:
                 self.sets[name] = read_set(self.set_paths[name], kind)
             return
         t0 = time.perf_counter()
+        if meta_path.exists():  # another spec: the sets this run wrote go, so none of a dropped set is left
+            for name in json.loads(meta_path.read_text()).get("sets", {}):
+                if (d / f"{name}.jsonl").parent == d:
+                    (d / f"{name}.jsonl").unlink(missing_ok=True)
         seed = self.cfg.data_seed
         self.sets["pool"], _ = build_set(self.cfg.data.pool, "pool", seed)
         if self.cfg.data.targets is not None:

@@ -69,6 +69,30 @@ def test_smaller_budgets_from_scores_match_run_select(tmp_path, demo, tiny_model
     ]
 
 
+def test_a_variant_sharing_its_methods_cache_selects_as_alone_and_costs_both(tmp_path, demo, tiny_model_dir):
+    """`Variant.cache`: the owner (not in `methods`) selects first and fills the cache; the variant reads it,
+    selects what it selects with a cache of its own, and its cost is the owner's plus its own."""
+    cosine = {"method": "prism", "options": {"prism_scoring": "cosine", "prism_max_new_tokens": 2}}
+    variants = {"pc": {**cosine, "cache": "prism"}, "alone": cosine}
+    raw = bench_dict(tmp_path, demo, tiny_model_dir, methods=["pc", "alone"], variants=variants)
+    raw["select"] = {**FAST_SELECT, "options": {"prism_max_new_tokens": 2}}
+    cfg = BenchConfig(**raw)
+    assert cfg.identity()["variants"]["pc"] == {"method": "prism", "options": cosine["options"]}
+    b = _prepared(cfg)
+    b.select()
+    assert sorted(p.name for p in (b.out / "cache").iterdir()) == ["alone", "prism"]
+    shared, alone = b.selections[("pc", "6", 0)], b.selections[("alone", "6", 0)]
+    assert shared.rows == alone.rows
+    np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-5)
+    assert ("prism", "6", 0) not in b.selections  # the owner selected for the cache only
+    spent = {
+        name: json.loads((b.out / "select" / f"{name}__s0__k6" / "bench-selection.json").read_text())
+        for name in ("pc", "prism")
+    }
+    assert b.costs[("pc", "6", 0)]["wall_s"] == pytest.approx(spent["pc"]["seconds"] + spent["prism"]["seconds"])
+    assert spent["pc"]["seconds"] < spent["prism"]["seconds"]  # the features were read, not computed
+
+
 class _LastRows:
     """A selector with its own rule: the last `budget` rows (scores say the opposite)."""
 

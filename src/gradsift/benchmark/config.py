@@ -122,10 +122,16 @@ class Variant:
     Attributes:
         method: The method it runs (a `gradsift.score.base.Method` value).
         options: Method options merged over the bench's ``select.options``.
+        cache: Select with this method's cache (its `method`, unseeded, or a variant of it without a cache of
+            its own), for options that change only the scoring (PRISM's cosine, token-mean and uniform-weight
+            forms read the same features): the owner's selection runs first, even when `methods` leaves it out,
+            and the variant's cost is the owner's plus its own. Not part of the run's identity: it changes what
+            is computed, not what is selected.
     """
 
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None
 
     def __post_init__(self) -> None:
         self.method = Method.parse_list([self.method])[0].value
@@ -318,6 +324,17 @@ class BenchConfig:
                 raise ValueError(f"variant name {name!r} is already a method or baseline name; choose another")
             variants[name] = v if isinstance(v, Variant) else from_mapping(Variant, v, f"variants.{name}")
         self.variants = variants
+        for name, v in variants.items():
+            if v.cache is None:
+                continue
+            owner = self._method_name(v.cache, f"variants.{name}.cache")
+            if self.base_method(owner) != v.method:
+                raise ValueError(f"variants.{name}.cache: {owner} runs {self.base_method(owner)}, not {v.method}")
+            if owner == name or (owner in variants and variants[owner].cache is not None):
+                raise ValueError(f"variants.{name}.cache: {owner} must select with a cache of its own")
+            if {owner, name} & set(self.seeded_methods or []):
+                raise ValueError(f"variants.{name}.cache: a method in seeded_methods cannot share a cache")
+            v.cache = owner
         if not isinstance(self.methods, list) or not self.methods:
             raise ValueError("methods must be a non-empty list such as [random, less]")
         self.methods = [self._method_name(m, "methods") for m in self.methods]
@@ -412,6 +429,10 @@ class BenchConfig:
         """The method a method or variant name runs."""
         return self.variants[name].method if name in self.variants else name
 
+    def cache_owner(self, name: str) -> str | None:
+        """The method whose selection cache a variant shares (`Variant.cache`), or None."""
+        return self.variants[name].cache if name in self.variants else None
+
     def method_options(self, name: str) -> dict[str, Any]:
         """The selection options of a method or variant: ``select.options`` with the variant's over them."""
         base = dict(self.select.get("options", {}) or {})
@@ -491,7 +512,7 @@ class BenchConfig:
                     "data": asdict(self.data),
                     "prepare": asdict(self.prepare) if self.prepare else None,
                     "select": self.select,
-                    "variants": {k: asdict(v) for k, v in self.variants.items()},
+                    "variants": {k: {"method": v.method, "options": v.options} for k, v in self.variants.items()},
                     "train": self.train,
                 },
                 default=str,

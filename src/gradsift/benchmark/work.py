@@ -181,7 +181,7 @@ def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
             return meta
         shutil.rmtree(d)  # a variant's options changed: its selection is stale
         ledger.unlink(missing_ok=True)
-    cache = ctx.out / "cache" / (task.method if cfg.select_cache == "method" else "")
+    cache = ctx.out / "cache" / ((cfg.cache_owner(task.method) or task.method) if cfg.select_cache == "method" else "")
     settings = {k: v for k, v in cfg.select.items() if k != "options"}
     scfg = SelectConfig(
         pool=ctx.set_paths["pool"],

@@ -138,6 +138,11 @@ def test_rerun_with_other_settings_is_refused(tmp_path, demo, tiny_model_dir):
     assert (b.out / "data" / "extra.jsonl").exists()
     _prepared(BenchConfig(**dict(changed, overwrite=True)))
     assert not (b.out / "data" / "extra.jsonl").exists()
+    # a run made while evaluation-only sets were part of the identity is still the same run
+    stored = json.loads((b.out / "bench.json").read_text())
+    stored["identity"]["data"]["sets"]["old_eval_only"] = {"sources": []}
+    (b.out / "bench.json").write_text(json.dumps(stored))
+    _prepared(BenchConfig(**changed))
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "x").write_text("keep me")
@@ -227,6 +232,21 @@ def test_grid_end_to_end_resume_and_reevaluation(tmp_path, demo, tiny_model_dir,
     res3 = run_bench(BenchConfig(**raw2))
     assert calls == ["gen"] * 4
     assert res3.table["tl.mean_loss"].tolist() == res.table["tl.mean_loss"].tolist()
+
+    # a set read only by a benchmark is not in the run's identity: adding one, then changing its records,
+    # scores only that benchmark again (no --overwrite, no training)
+    def with_eval_set(limit: int) -> dict:
+        pool_path = raw["data"]["pool"]["sources"][0]["path"]
+        ev = {"name": "ev", "task": "target-loss", "data": "ev", "max_length": 64}
+        sets = {"ev": {"sources": [{"path": pool_path, "limit": limit}]}}
+        return dict(raw2, data={**raw["data"], "sets": sets}, benchmarks=[*raw2["benchmarks"], ev])
+
+    for limit in (3, 5):
+        calls.clear()
+        run_bench(BenchConfig(**with_eval_set(limit)))
+        assert calls == ["ev"] * 4
+        ev = json.loads((tmp_path / "work" / "cells" / "length__k6__s0" / "eval" / "ev.json").read_text())
+        assert len(ev["examples"]) == limit
 
 
 def test_prepare_breaks_the_model_once_and_original_is_a_baseline(tmp_path, demo, tiny_model_dir):

@@ -500,8 +500,20 @@ class BenchConfig:
     def results_dir(self) -> Path:
         return Path(self.results or self.out)
 
+    def deciding_sets(self) -> set[str]:
+        """The sets of ``data.sets`` that decide selections or adapters: the learning-rate search's and the
+        prepare checks'. The others are read only by benchmarks, so changing one re-evaluates the cells."""
+        names = {step.until.data for _, step in (self.prepare.steps() if self.prepare else []) if step.until}
+        lr = self.lr_benchmark()
+        return names | ({lr.data} if lr is not None else set())
+
     def identity(self) -> dict[str, Any]:
-        """What decides the selections and trained adapters; another identity in `out` is refused."""
+        """What decides the selections and trained adapters; another identity in `out` is refused.
+
+        The data sets read only by benchmarks are not in it (`deciding_sets`): a benchmark's stored result
+        carries the fingerprint of the records it scored, so another set re-evaluates the cells."""
+        data = asdict(self.data)
+        data["sets"] = {k: v for k, v in data["sets"].items() if k in self.deciding_sets()}
         return json.loads(
             json.dumps(
                 {
@@ -509,7 +521,7 @@ class BenchConfig:
                     "model": self.model,
                     "dtype": self.dtype,
                     "data_seed": self.data_seed,
-                    "data": asdict(self.data),
+                    "data": data,
                     "prepare": asdict(self.prepare) if self.prepare else None,
                     "select": self.select,
                     "variants": {k: {"method": v.method, "options": v.options} for k, v in self.variants.items()},

@@ -46,7 +46,8 @@ Settings changes: a rerun with other data, model, prepare, selection, variant or
 same ``out`` is refused unless `overwrite`, which deletes the previous run's selections, cells and caches but
 keeps what checks itself: the data sets (rebuilt when their spec changed) and the prepare steps (each redone
 when its settings, its check set or the model given to it changed, so a new break keeps a finished align);
-changing the grid adds cells, changing benchmarks re-evaluates.
+changing the grid adds cells, changing benchmarks or a set only they read (`BenchConfig.deciding_sets`)
+re-evaluates.
 """
 
 from __future__ import annotations
@@ -179,6 +180,12 @@ class _Bench:
                         f"{self.out}, or choose another out"
                     ) from None
                 old = None
+            if isinstance(old, dict) and isinstance(old.get("data"), dict):
+                # a run made before evaluation-only sets left the identity (BenchConfig.deciding_sets)
+                old = {
+                    **old,
+                    "data": {**old["data"], "sets": _only(old["data"].get("sets"), identity["data"]["sets"])},
+                }
             if old != identity:
                 if not self.cfg.overwrite:
                     check_same_settings(
@@ -554,6 +561,11 @@ class _Sitting:
     def __exit__(self, *exc: Any) -> None:
         if self._flusher.stop():  # not ended: an error; the sitting is kept, marked stopped
             self._write(stopped=True)
+
+
+def _only(sets: Any, deciding: dict[str, Any]) -> Any:
+    """`sets` of a stored identity without the sets this config reads only in benchmarks."""
+    return {k: v for k, v in sets.items() if k in deciding} if isinstance(sets, dict) else sets
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:

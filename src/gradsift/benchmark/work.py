@@ -32,7 +32,7 @@ from typing import Any
 
 from gradsift.atomic import write_json_atomic
 from gradsift.benchmark.config import BAND, BenchConfig, BenchmarkSpec
-from gradsift.benchmark.sets import Record, as_example, read_set, record_row
+from gradsift.benchmark.sets import Record, as_example, fingerprint, read_set, record_row
 from gradsift.data.load import write_jsonl
 from gradsift.evaluation.tasks import TaskKind
 from gradsift.training.run import TrainConfig
@@ -63,16 +63,18 @@ class Context:
         return Path(self.cfg.out)
 
 
-_SETS: dict[str, list[Record]] = {}
-"""Data sets read by this process, by path (a worker reads each once)."""
+_SETS: dict[tuple[str, int, int], list[Record]] = {}
+"""Data sets read by this process, by path and version (a worker reads each once; a rewritten set anew)."""
 
 
 def records_of(ctx: Context, name: str) -> list[Record]:
-    """The records of data set `name` (read once per process)."""
+    """The records of data set `name` (read once per process and version of its file)."""
     path = ctx.set_paths[name]
-    if path not in _SETS:
-        _SETS[path] = read_set(Path(path), ctx.cfg.data.names()[name])
-    return _SETS[path]
+    st = Path(path).stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _SETS:
+        _SETS[key] = read_set(Path(path), ctx.cfg.data.names()[name])
+    return _SETS[key]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,11 +268,19 @@ class CellTask:
         return self.cell.name
 
 
-def _stored(path: Path, b: BenchmarkSpec) -> dict[str, Any] | None:
+def _eval_records(ctx: Context, b: BenchmarkSpec) -> list[Record]:
+    """The records benchmark `b` scores (its set, cut to its limit)."""
+    records = records_of(ctx, b.data)
+    return records[: b.limit] if b.limit else records
+
+
+def _stored(ctx: Context, path: Path, b: BenchmarkSpec) -> dict[str, Any] | None:
+    """A stored result of `b` with its settings, on the records it scores now, or None."""
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    return result if result.get("benchmark_identity") == b.identity() else None
+    same = result.get("data_fingerprint") == fingerprint(_eval_records(ctx, b))
+    return result if same and result.get("benchmark_identity") == b.identity() else None
 
 
 def run_cell(ctx: Context, task: CellTask) -> dict[str, Any]:
@@ -286,7 +296,7 @@ def run_cell(ctx: Context, task: CellTask) -> dict[str, Any]:
         prev = None
     trained = cell.rows is not None
     wanted = [b for b in task.benchmarks if trained or b.kind is not TaskKind.PREFERENCE]
-    results = {b.name: r for b in wanted if (r := _stored(d / "eval" / f"{b.name}.json", b)) is not None}
+    results = {b.name: r for b in wanted if (r := _stored(ctx, d / "eval" / f"{b.name}.json", b)) is not None}
     if prev is not None and len(results) == len(wanted):
         return _row(ctx, cell, prev["train"], results, task.benchmarks)
     import gc
@@ -359,13 +369,14 @@ def _evaluate(ctx: Context, b: BenchmarkSpec, lm: Any, path: Path) -> dict[str, 
     from gradsift.evaluation.tasks import write_results
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    records = records_of(ctx, b.data)
-    records = records[: b.limit] if b.limit else records
+    records = _eval_records(ctx, b)
+    data_fingerprint = fingerprint(records)
     if b.kind is not TaskKind.PREFERENCE:
         records = [as_example(r) for r in records]
     cfg = b.eval_config(data=ctx.set_paths[b.data], out=None, progress=ctx.cfg.progress)
     result = run_evaluate(cfg, records=records, loaded=lm)  # type: ignore[arg-type]
     result["benchmark_identity"] = b.identity()
+    result["data_fingerprint"] = data_fingerprint
     result["bench_seconds"] = round(time.perf_counter() - t0, 3)
     result["bench_cpu_seconds"] = round(time.process_time() - cpu0, 3)
     write_results(path, result)

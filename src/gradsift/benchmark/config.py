@@ -512,8 +512,8 @@ class BenchConfig:
 
         The data sets read only by benchmarks are not in it (`deciding_sets`): a benchmark's stored result
         carries the fingerprint of the records it scored, so another set re-evaluates the cells."""
-        data = asdict(self.data)
-        data["sets"] = {k: v for k, v in data["sets"].items() if k in self.deciding_sets()}
+        data, deciding = asdict(self.data), self.deciding_sets()
+        data["sets"] = {k: v for k, v in data["sets"].items() if k in deciding}
         return json.loads(
             json.dumps(
                 {

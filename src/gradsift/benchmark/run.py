@@ -332,7 +332,10 @@ class _Bench:
         for t, meta in metas.items():
             if "unavailable" not in meta:
                 cold.setdefault((t.method, t.seed), meta)  # the first run of a method computed its cache
-        owner_cost = {t.method: metas[o] for t, o in owners.items() if "unavailable" not in metas[o]}
+        owner_cost: dict[str, dict[str, Any]] = {}
+        for t, o in owners.items():
+            if "unavailable" not in metas[o]:
+                owner_cost.setdefault(t.method, metas[o])  # the owner's first run computed the shared cache
         available = [m for m in cfg.methods if m not in self.unavailable]
         later: dict[tuple[str, str, int], SelectTask] = {}
         for m in available:

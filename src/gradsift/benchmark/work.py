@@ -65,15 +65,21 @@ class Context:
 
 _SETS: dict[tuple[str, int, int], list[Record]] = {}
 """Data sets read by this process, by path and version (a worker reads each once; a rewritten set anew)."""
+_FINGERPRINTS: dict[tuple[tuple[str, int, int], int], str] = {}
+"""Fingerprints of the records a benchmark scores, by set version and limit (hashed once per process)."""
+
+
+def _set_key(ctx: Context, name: str) -> tuple[str, int, int]:
+    path = ctx.set_paths[name]
+    st = Path(path).stat()
+    return (str(path), st.st_mtime_ns, st.st_size)
 
 
 def records_of(ctx: Context, name: str) -> list[Record]:
     """The records of data set `name` (read once per process and version of its file)."""
-    path = ctx.set_paths[name]
-    st = Path(path).stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
+    key = _set_key(ctx, name)
     if key not in _SETS:
-        _SETS[key] = read_set(Path(path), ctx.cfg.data.names()[name])
+        _SETS[key] = read_set(Path(key[0]), ctx.cfg.data.names()[name])
     return _SETS[key]
 
 
@@ -274,12 +280,20 @@ def _eval_records(ctx: Context, b: BenchmarkSpec) -> list[Record]:
     return records[: b.limit] if b.limit else records
 
 
+def _eval_fingerprint(ctx: Context, b: BenchmarkSpec) -> str:
+    """`fingerprint` of `_eval_records` (computed once per set version and limit)."""
+    key = (_set_key(ctx, b.data), b.limit)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = fingerprint(_eval_records(ctx, b))
+    return _FINGERPRINTS[key]
+
+
 def _stored(ctx: Context, path: Path, b: BenchmarkSpec) -> dict[str, Any] | None:
     """A stored result of `b` with its settings, on the records it scores now, or None."""
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    same = result.get("data_fingerprint") == fingerprint(_eval_records(ctx, b))
+    same = result.get("data_fingerprint") == _eval_fingerprint(ctx, b)
     return result if same and result.get("benchmark_identity") == b.identity() else None
 
 
@@ -369,8 +383,7 @@ def _evaluate(ctx: Context, b: BenchmarkSpec, lm: Any, path: Path) -> dict[str, 
     from gradsift.evaluation.tasks import write_results
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    records = _eval_records(ctx, b)
-    data_fingerprint = fingerprint(records)
+    records, data_fingerprint = _eval_records(ctx, b), _eval_fingerprint(ctx, b)
     if b.kind is not TaskKind.PREFERENCE:
         records = [as_example(r) for r in records]
     cfg = b.eval_config(data=ctx.set_paths[b.data], out=None, progress=ctx.cfg.progress)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 from benchkit import FAST_SELECT, FAST_TRAIN, bench_dict, write_jsonl
 
-from gradsift import pipeline
+from gradsift import costs, pipeline
 from gradsift.benchmark import run as bench_mod
 from gradsift.benchmark import work
 from gradsift.benchmark.config import BenchConfig
@@ -89,8 +90,36 @@ def test_a_variant_sharing_its_methods_cache_selects_as_alone_and_costs_both(tmp
         name: json.loads((b.out / "select" / f"{name}__s0__k6" / "bench-selection.json").read_text())
         for name in ("pc", "prism")
     }
-    assert b.costs[("pc", "6", 0)]["wall_s"] == pytest.approx(spent["pc"]["seconds"] + spent["prism"]["seconds"])
+    # the variant is charged what the owner's cached steps cost (gradsift.costs): stand-alone cost
+    reused = spent["pc"]["reused"]
+    assert reused["entries"] and spent["prism"]["reused"]["entries"] == []
+    assert 0 < reused["wall_s"] < spent["prism"]["seconds"]
+    assert b.costs[("pc", "6", 0)]["wall_s"] == pytest.approx(spent["pc"]["seconds"] + reused["wall_s"])
     assert spent["pc"]["seconds"] < spent["prism"]["seconds"]  # the features were read, not computed
+
+
+def test_methods_sharing_one_cache_each_report_a_stand_alone_cost(tmp_path, demo, tiny_model_dir):
+    """``select_cache: shared``: the second method reads the first one's features and is charged what they
+    cost when computed, so both report about what each costs alone."""
+    cosine = {"method": "prism", "options": {"prism_scoring": "cosine", "prism_max_new_tokens": 2}}
+    raw = bench_dict(tmp_path, demo, tiny_model_dir, methods=["prism", "pc"], variants={"pc": cosine})
+    raw["select"] = {**FAST_SELECT, "options": {"prism_max_new_tokens": 2}}
+    b = _prepared(BenchConfig(**dict(raw, select_cache="shared")))
+    b.select()
+    assert [p.name for p in (b.out / "cache").iterdir() if p.is_dir()] != []
+    metas = {
+        name: json.loads((b.out / "select" / f"{name}__s0__k6" / "bench-selection.json").read_text())
+        for name in ("prism", "pc")
+    }
+    entries = metas["pc"]["reused"]["entries"]
+    assert entries and metas["prism"]["reused"]["entries"] == []
+    makers = {json.loads(costs.cost_path(Path(e)).read_text())["job"] for e in entries}
+    assert makers == {"prism__s0__k6"}
+    pc, prism = b.costs[("pc", "6", 0)], b.costs[("prism", "6", 0)]
+    assert pc["cpu_s"] == pytest.approx(metas["pc"]["cpu_seconds"] + metas["pc"]["reused"]["cpu_s"])
+    assert metas["pc"]["cpu_seconds"] < metas["prism"]["cpu_seconds"]  # it computed less itself
+    # ... and is charged the steps it read: part of what prism spent (prism also loaded, scored, wrote)
+    assert 0 < metas["pc"]["reused"]["cpu_s"] < prism["cpu_s"]
 
 
 class _LastRows:

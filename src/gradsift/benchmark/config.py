@@ -204,8 +204,9 @@ class BenchConfig:
             options, ...).
         select_cache: ``method``: each method selects with its own cache, so its cost (CPU and wall seconds)
             counts every step it needs, and methods select in the workers side by side; ``shared``: one cache,
-            less work, but a step computed for one method is free for the next (LESS's features for BIDS), and
-            the selections run one after another in this process.
+            less work (LESS's features for BIDS; one DPO warm-up for TIF, LossDiff, IRM and fusion), the
+            selections one after another in this process; a step reused from another method is charged what it
+            cost when computed (`gradsift.costs`), so each cost is still stand-alone.
         train: `gradsift.training.run.TrainConfig` fields for every fine-tune; ``max_steps`` gives every cell
             the same number of optimizer steps.
         lr_search: Choose the learning rate on random selections first (`LrSearch`).

@@ -127,7 +127,7 @@ def collect_report_data(
         "training": json.dumps(train, sort_keys=True) if train else "defaults",
         "selection cache": "one per method (costs are standalone)"
         if cfg.select_cache == "method"
-        else "shared (a step reused from another method costs nothing)",
+        else "shared (a step reused from another method is charged what it cost when computed: costs are stand-alone)",
         "bootstrap": f"{cfg.bootstrap} replicates over examples and seeds (seed {cfg.stats_seed})",
         "references": " and ".join(cfg.references),
     }

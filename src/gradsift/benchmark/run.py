@@ -332,10 +332,6 @@ class _Bench:
         for t, meta in metas.items():
             if "unavailable" not in meta:
                 cold.setdefault((t.method, t.seed), meta)  # the first run of a method computed its cache
-        owner_cost: dict[str, dict[str, Any]] = {}
-        for t, o in owners.items():
-            if "unavailable" not in metas[o]:
-                owner_cost.setdefault(t.method, metas[o])  # the owner's first run computed the shared cache
         available = [m for m in cfg.methods if m not in self.unavailable]
         later: dict[tuple[str, str, int], SelectTask] = {}
         for m in available:
@@ -374,15 +370,13 @@ class _Bench:
             self.selections[(m, label, s)] = self._load(task, int(task.k or 0))
         for m, label, s in self.selections:
             meta = cold.get((m, s)) or more[later[(m, label, s)]]
-            cost = {"wall_s": meta["seconds"], "cpu_s": meta.get("cpu_seconds")}
-            if m in owner_cost:  # what the owner computed for it, then its own scoring
-                own = owner_cost[m]
-                cost = {
-                    "wall_s": cost["wall_s"] + own["seconds"],
-                    "cpu_s": None
-                    if cost["cpu_s"] is None or own.get("cpu_seconds") is None
-                    else cost["cpu_s"] + own["cpu_seconds"],
-                }
+            # what it spent, and what the cached steps it reused cost when computed (gradsift.costs)
+            reused = meta.get("reused") or {}
+            cpu = meta.get("cpu_seconds")
+            cost = {
+                "wall_s": meta["seconds"] + float(reused.get("wall_s", 0.0)),
+                "cpu_s": None if cpu is None else cpu + float(reused.get("cpu_s", 0.0)),
+            }
             self.costs[(m, label, s)] = cost
         done = sorted({m for m, _, _ in self.selections})
         say(f"selections ready: {', '.join(done) or 'none'}")

@@ -12,7 +12,10 @@ and wall seconds are measured around `run_select` and kept in its ``bench-select
 sittings it took: a running selection flushes what it has spent to ``select/<task>.spent.json`` every 15 s, so
 a selection resumed after a kill reports its whole cost, less at most 15 s per kill. With the bench's default
 ``select_cache: method`` each method has its own cache, so the cost counts every step the method needs
-(warm-up, features, generations, DPO runs, scoring) even where another method needs the same steps.
+(warm-up, features, generations, DPO runs, scoring) even where another method needs the same steps. A
+selection that reuses a cached step another selection computed (``select_cache: shared``, or a variant reading
+its method's cache) is charged what that step cost when it was computed (`gradsift.costs`, kept as
+``reused`` in its ``bench-selection.json``), so every cost is stand-alone either way.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from gradsift import costs
 from gradsift.atomic import write_json_atomic
 from gradsift.benchmark.config import BAND, BenchConfig, BenchmarkSpec
 from gradsift.benchmark.sets import Record, as_example, fingerprint, read_set, record_row
@@ -209,8 +213,9 @@ def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
     )
     d.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with SpentLedger(ledger) as spent:
+        with SpentLedger(ledger) as spent, costs.job(task.dirname):
             res = run_select(scfg)
+            charged = costs.charged()
     except NotImplementedError as e:
         ledger.unlink(missing_ok=True)  # after the ledger's last write: nothing of a method not provided is kept
         return {"unavailable": str(e)}
@@ -220,6 +225,8 @@ def run_selection(ctx: Context, task: SelectTask) -> dict[str, Any]:
         "topk": res.scores[base].selected is None,
         "n_selected": len(res.selections[base]),
         **spent.totals(),
+        # cached steps another selection computed (costs.py): part of this method's stand-alone cost
+        "reused": charged,
     }
     write_json_atomic(marker, meta)
     ledger.unlink()

@@ -67,6 +67,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from gradsift import costs
 from gradsift.atomic import write_bytes_atomic, write_json_atomic
 from gradsift.data.load import load_pairs
 from gradsift.data.records import Pair, fingerprint
@@ -257,6 +258,7 @@ class PreferenceSteps:
             model = load_adapter(model, adapter, trainable=False).merge_and_unload()
         # the trainer's bar follows gradsift's progress mode (a bookkeeping field: not in the key)
         shown = {"disable_tqdm": not bars(), **overrides}
+        since = costs.now()
         res = train_dpo(model, lm.tokenizer, pairs, out, self.opts.lora, config=shown, beta=self.opts.beta)
         self.info[f"dpo_{role}"] = {
             "run_dir": str(out),
@@ -265,6 +267,10 @@ class PreferenceSteps:
             "init": [str(p) for p in init],
             "trl_counts": res.counts.as_dict(),
         }
+        if res.reused:
+            costs.reuse(out)
+        else:
+            costs.record(out, since)
         self._timed(f"dpo_{role}", t)
         return res.adapter_dir
 
@@ -305,8 +311,10 @@ class PreferenceSteps:
             with np.load(path, allow_pickle=False) as z:
                 out = z["logps"]
             self.info.setdefault("logps", {})[name] = {"path": str(path), "reused": True}
+            costs.reuse(path)
             self.encoded_pool  # noqa: B018 (tokenising records the truncation counts, reported on every run)
             return out
+        since = costs.now()
         if adapters:
             lm = self.ctx.fresh_model()
             model = lm.model
@@ -324,6 +332,7 @@ class PreferenceSteps:
         write_bytes_atomic(path, buf.getvalue())
         write_json_atomic(meta, settings)
         self.info.setdefault("logps", {})[name] = {"path": str(path), "reused": False}
+        costs.record(path, since)
         self._timed(f"logps_{name}", t)
         return out
 
@@ -370,7 +379,12 @@ class PreferenceSteps:
             store_dtype=opts.store_dtype,
         )
         done_before = (out / "done.npy").exists() and bool(np.load(out / "done.npy", mmap_mode="r").all())
+        since = costs.now()
         store = extract_features(cfg, records=pairs, loaded=self.ctx.fresh_model())
+        if done_before:
+            costs.reuse(out)
+        else:
+            costs.record(out, since)
         block = store.read()
         bad = np.flatnonzero(~block.valid)
         self.info.setdefault("features", {})[which] = {
@@ -425,7 +439,13 @@ class PreferenceSteps:
         store_path, grad_path = folder / f"if-exact-{key}", folder / f"valgrad-{key}.npy"
         grad_info = grad_path.with_suffix(".json")
         reused = (store_path / "metadata.json").exists() and FeatureStore.load(store_path).is_complete()
-        if not reused:
+        if reused:
+            costs.reuse(store_path)
+        else:
+            # the reference log-probabilities are a cache entry of their own: computed (or charged) outside
+            # this entry's measured cost
+            self.logps("reference", [])
+            since = costs.now()
             # one writer per store: a second run sharing this cache fails at once instead of after its pass
             with store_lock(store_path):
                 lm = self.ctx.fresh_model()
@@ -464,6 +484,7 @@ class PreferenceSteps:
                 for idx, out in self._gradient_batches(grads, lm, encoded, sink, ref, desc="IF (pool)"):
                     losses = out.losses.float().cpu().numpy()
                     store.write_rows(todo[idx], out.features.float().cpu().numpy(), {"loss": losses})
+            costs.record(store_path, since)
         block = FeatureStore.load(store_path).read()
         bad_pool = np.flatnonzero(~block.valid)
         val_bad = json.loads(grad_info.read_text())

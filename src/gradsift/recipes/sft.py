@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from gradsift import costs
 from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example, fingerprint
 from gradsift.gradients.extract import FeatureConfig, extract_features
@@ -127,11 +128,14 @@ def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
         run_dir = ctx.workdir / f"warmup-{key}"
         if (run_dir / "warmup.json").exists():
             result = load_warmup(run_dir)
+            costs.reuse(run_dir)
         else:
+            since = costs.now()
             lm = ctx.fresh_model()
             # the trainer's bar follows gradsift's progress mode (not part of the key: it changes nothing learnt)
             shown = {**config, "disable_tqdm": not bars()}
             result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, shown)
+            costs.record(run_dir, since)
         ctx.shared.setdefault("timings", {})["warmup"] = time.perf_counter() - t
         ckpts = [Checkpoint(f"epoch-{c.epoch}", str(c.path), str(c.path), float(c.lr)) for c in result.checkpoints]
     cached[mode] = ckpts
@@ -196,7 +200,13 @@ def features(
     cfg.out = str(ctx.workdir / "features" / ckpt.name / f"{variant}-{cfg.projector_name}-{key}")
     done = _complete_store(Path(cfg.out), records)
     # A finished store is reused without loading another copy of the model (costly for large models).
-    store = done if done is not None else extract_features(cfg, records=records, loaded=ctx.fresh_model())
+    if done is not None:
+        store = done
+        costs.reuse(Path(cfg.out))
+    else:
+        since = costs.now()
+        store = extract_features(cfg, records=records, loaded=ctx.fresh_model())
+        costs.record(Path(cfg.out), since)
     timings = ctx.shared.setdefault("timings", {})
     timings[f"features/{ckpt.name}/{variant}"] = time.perf_counter() - t
     return store
@@ -352,7 +362,9 @@ def rejected_responses(ctx: ScoreContext, targets: list[Example], ckpt: Checkpoi
     path = ctx.workdir / f"prism-greedy-{_key(key)}.json"
     if path.exists():
         generated = json.loads(path.read_text())
+        costs.reuse(path)
     else:
+        since = costs.now()
         if ckpt.adapter is None:
             # a fresh LoRA starts with B = 0: the model of this checkpoint is the base model
             model, tokenizer = ctx.model.model, ctx.model.tokenizer
@@ -370,6 +382,7 @@ def rejected_responses(ctx: ScoreContext, targets: list[Example], ckpt: Checkpoi
         generated = {t.id: o for t, o in zip(missing, outputs, strict=True)}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, generated)
+        costs.record(path, since)
     out = []
     for t in targets:
         if t.rejected is None:

@@ -23,7 +23,7 @@ def test_reuse_charges_the_recorded_cost_once_and_not_to_its_maker(tmp_path):
         costs.reuse(entry)  # the maker reads its own entry (a resumed run): already in its spending
         assert costs.charged()["wall_s"] == 0
     record = json.loads(costs.cost_path(entry).read_text())
-    assert costs.cost_path(entry).name == "warmup-abc.cost.json"
+    assert costs.cost_path(entry) == tmp_path / ".costs" / "warmup-abc.json"
     assert record["job"] == "maker" and record["wall_s"] >= 0.02 and record["cpu_s"] > 0
     with costs.job("reader"):
         costs.reuse(entry)

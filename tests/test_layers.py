@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradsift"
-GROUND = {"atomic", "stats", "machine", "version", "settings", "rundir", "progress"}
+GROUND = {"atomic", "stats", "machine", "version", "settings", "rundir", "progress", "costs"}
 ALLOWED = {
     "cli": {"gradsift", "cli"},
     "api": {"benchmark", "pipeline", "select_report", "recipes", "selection", "score", "gradients", "training"}
@@ -33,6 +33,7 @@ ALLOWED = {
     **{g: set() for g in GROUND},
     "machine": {"version"},
     "rundir": {"atomic", "settings"},
+    "costs": {"atomic"},
 }
 
 

@@ -1,7 +1,7 @@
 """What cached steps cost, so a method that reuses another's step can still report its stand-alone cost.
 
 A step that computes a cache entry (a warm-up run, a log-probability pass, a gradient pass) records its wall and
-CPU seconds beside the entry (``<entry>.cost.json``) with the label of the job that computed it. A later job
+CPU seconds beside the entry (`cost_path`) with the label of the job that computed it. A later job
 that reuses the entry is charged that recorded cost (`charged`): its own spending plus its charges is what it
 would have cost alone, whichever method happened to compute the shared step first. An entry reused by the job
 that computed it (resumed after a kill) is not charged again; that job's spending already holds it.
@@ -35,8 +35,9 @@ _state = _Charges()
 
 
 def cost_path(entry: Path) -> Path:
-    """The cost record of cache entry `entry` (a file or a directory): ``<entry>.cost.json`` beside it."""
-    return entry.with_name(entry.name + ".cost.json")
+    """The cost record of cache entry `entry` (a file or a directory): ``.costs/<entry name>.json`` in its
+    folder (apart from the entries, so a listing of them, or a run directory's own check, never sees it)."""
+    return entry.parent / ".costs" / f"{entry.name}.json"
 
 
 @contextmanager
@@ -57,7 +58,7 @@ def now() -> tuple[float, float]:
 
 def record(entry: Path, since: tuple[float, float]) -> None:
     """Record that computing cache entry `entry` took from `since` (`now`) until now."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
+    cost_path(entry).parent.mkdir(parents=True, exist_ok=True)
     wall, cpu = now()
     cost = {"wall_s": round(wall - since[0], 3), "cpu_s": round(cpu - since[1], 3), "job": _state.job}
     write_json_atomic(cost_path(entry), cost)

@@ -4,6 +4,7 @@ re-evaluation after a benchmark change, the prepare step and DPO grids."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,8 +19,8 @@ import torch
 from benchkit import FAST_SELECT, FAST_TRAIN, bench_dict, write_jsonl
 
 from gradsift import costs, pipeline
+from gradsift.benchmark import keep, work
 from gradsift.benchmark import run as bench_mod
-from gradsift.benchmark import work
 from gradsift.benchmark.config import BenchConfig
 from gradsift.benchmark.run import run_bench
 from gradsift.evaluation.selector_metrics import BenchmarkScore, signed_distance
@@ -478,3 +479,51 @@ def test_workers_end_when_the_bench_process_is_killed(tmp_path):
         time.sleep(0.05)
     worker.kill()
     pytest.fail("the worker outlived the killed bench process")
+
+
+def test_a_run_whose_out_is_lost_resumes_from_its_kept_record(tmp_path, demo, tiny_model_dir, monkeypatch):
+    """`keep`: finished selections and cells are copied out of `out`; with `out` gone, a rerun restores them
+    and redoes nothing finished; a record of other settings is refused, or cleared with overwrite."""
+    record = tmp_path / "record"
+    raw = bench_dict(tmp_path, demo, tiny_model_dir, keep=str(record), report=False)
+    res = run_bench(BenchConfig(**raw))
+    kept = {str(p) for p in keep.kept_files(record)}
+    assert {"bench.json", "sittings.json", "select/random__s0__k6/scores.parquet"} <= kept
+    assert {"cells/length__k6__s0/cell.json", "cells/length__k6__s0/eval/tl.json"} <= kept
+    assert not list(record.rglob("*.safetensors")) and not (record / "data").exists()  # no models, no data
+    assert keep.kept_files(record) == keep.kept_files(tmp_path / "work")
+
+    shutil.rmtree(tmp_path / "work")
+
+    def boom(*a, **k):
+        raise AssertionError("finished work was redone")
+
+    monkeypatch.setattr(pipeline, "run_select", boom)
+    monkeypatch.setattr("gradsift.training.run.run_train", boom)
+    monkeypatch.setattr("gradsift.evaluation.run.run_evaluate", boom)
+    res2 = run_bench(BenchConfig(**raw))
+    pd.testing.assert_frame_equal(res2.table.reset_index(drop=True), res.table.reset_index(drop=True))
+    sittings = json.loads((record / "sittings.json").read_text())
+    assert len(sittings) == 2  # the lost run's sitting and this one
+
+    # a grid grown after the restore trains only the new cells, and they join the record
+    monkeypatch.undo()
+    res3 = run_bench(BenchConfig(**dict(raw, seeds=[0, 1])))
+    assert len(res3.table) == 2 * len(res.table) - 1  # base is trained once
+    assert (record / "cells" / "length__k6__s1" / "eval" / "tl.json").exists()
+
+    other = dict(raw, out=str(tmp_path / "work2"), train={**FAST_TRAIN, "lr": 0.5})
+    with pytest.raises(ValueError, match="a kept bench record"):
+        run_bench(BenchConfig(**other))
+    (record / "NOTES.txt").write_text("mine")  # a file gradsift did not write stays
+    run_bench(BenchConfig(**dict(other, overwrite=True)))
+    assert json.loads((record / "bench.json").read_text())["identity"]["train"]["lr"] == 0.5
+    assert not (record / "cells" / "length__k6__s1").exists() and (record / "NOTES.txt").read_text() == "mine"
+
+
+def test_a_redone_prepare_step_whose_checks_differ_from_the_record_is_noted():
+    kept = {"break": {"checks": [0.9, 0.1]}, "align": {"checks": [0.1, 0.9]}}
+    now = {"break": {"checks": [0.9, 0.15]}, "align": {"checks": [0.1, 0.9]}}
+    notes = keep.compare_prepare(kept, now)
+    assert len(notes) == 1 and notes[0].startswith("prepare break was redone")
+    assert keep.compare_prepare(kept, kept) == []

@@ -320,7 +320,7 @@ def test_second_run_reuses_every_cached_step(scored, model_dir):
 
     # Other settings get their own cache entries beside the old ones, never mixed with them.
     IRMScorer().score(make_ctx(model_dir, ctx.workdir, dpo_config={**FAST, "learning_rate": 1e-2}))
-    assert len([p for p in root.glob("dpo-pool-*") if p.is_dir()]) == 2
+    assert len(list(root.glob("dpo-pool-*"))) == 2
 
 
 def test_theta_val_from_the_base(model_dir, tmp_path):

@@ -180,6 +180,9 @@ class BenchConfig:
         name: Name of the scenario (report title).
         out: Working directory (data, selections, adapters, evaluations; resumable).
         results: Where the tables and the report go (default `out`).
+        keep: Where the run's durable record goes (`gradsift.benchmark.keep`: selections, per-example evaluation
+            results, training records, sittings; no models), so a run whose `out` is lost resumes from it.
+            Default none.
         kind: ``sft`` (SFT on examples) or ``pair`` (DPO on preference pairs).
         model: ``builtin``, a local directory, a ``.gguf`` file or a hub id.
         dtype: Model dtype.
@@ -230,6 +233,9 @@ class BenchConfig:
     methods: list[str] = setting(help="run only these methods, comma-separated")
     budgets: list[str] = setting(help="run only these budgets, comma-separated (e.g. 5%,10% or band)")
     results: str | None = setting(None, help="directory for the tables and report (default from the config)")
+    keep: str | None = setting(
+        None, help="where finished work is copied out of --out to resume from (default from the config)"
+    )
     kind: Literal["sft", "pair"] = "sft"
     model: str = "builtin"
     dtype: DType = "auto"
@@ -448,10 +454,10 @@ class BenchConfig:
     ) -> BenchConfig:
         """Read a bench config file.
 
-        Relative paths in it (``out``, ``results``, ``model`` when it is a path, source paths) are taken from the
-        file's folder. A ``sizes:`` section holds named overrides (``gpu``, ``quick``, ...) merged onto the file
-        with `merge_overrides`; with `size`, ``out`` and ``results`` get a ``-<size>`` suffix unless the size
-        sets them, and so does ``name`` (default: the file name without suffix).
+        Relative paths in it (``out``, ``results``, ``keep``, ``model`` when it is a path, source paths) are taken
+        from the file's folder. A ``sizes:`` section holds named overrides (``gpu``, ``quick``, ...) merged onto
+        the file with `merge_overrides`; with `size`, ``out``, ``results`` and ``keep`` get a ``-<size>`` suffix
+        unless the size sets them, and so does ``name`` (default: the file name without suffix).
 
         Args:
             path: The YAML file.
@@ -481,8 +487,8 @@ class BenchConfig:
                 raise ValueError(f"{p}: no size {size!r}; sizes: {', '.join(sorted(sizes)) or 'none'}")
             override = sizes[size]
             raw.setdefault("name", p.stem)
-            for key in ("name", "out", "results"):
-                if key in raw and key not in override:
+            for key in ("name", "out", "results", "keep"):
+                if raw.get(key) is not None and key not in override:
                     raw[key] = f"{raw[key]}-{size}"
             raw = merge_overrides(raw, override)
         if overrides:
@@ -588,8 +594,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                     s["path"] = fix(s["path"])
 
     raw = copy.deepcopy(raw)
-    for key in ("out", "results"):
-        if key in raw:
+    for key in ("out", "results", "keep"):
+        if key in raw and raw[key] is not None:
             raw[key] = fix(raw[key])
     model = raw.get("model")
     if isinstance(model, str) and model.startswith(("./", "../")):

@@ -29,6 +29,9 @@ The Python API behind ``gradsift bench CONFIG.yaml``. One run, in ``out``:
 6. ``results`` (default ``out``): ``results.csv``/``results.parquet`` (one row per cell, with its selection
    cost), ``comparisons.csv`` (paired comparisons), ``efficiency.csv``, ``feasibility.csv``, ``metrics.json``,
    ``RUN.md`` and the report (``report.html``, self-contained; ``report.md`` with ``figures/``).
+7. ``keep`` (optional): the run's durable record (`gradsift.benchmark.keep`), copied after every finished unit:
+   selections, training records and per-example evaluation results, without models. A run whose ``out`` was
+   lost (a scratch disk, a fresh clone) restores them and resumes where the record ends.
 
 Paired statistics (`gradsift.benchmark.metrics`): for each benchmark metric that is a mean over examples,
 each (method, budget)'s mean over examples of its seed-averaged values, and its difference from random at the
@@ -65,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from gradsift.atomic import write_json_atomic
+from gradsift.benchmark import keep
 from gradsift.benchmark.config import BAND, BAND_METHODS, BenchConfig
 from gradsift.benchmark.prepare import PrepareResult, run_prepare
 from gradsift.benchmark.reportdata import collect_report_data, write_report, write_run_md
@@ -159,6 +163,7 @@ class _Bench:
         self.costs: dict[tuple[str, str, int], dict[str, float | None]] = {}
         self.lr: float | None = None
         self.lr_record: dict[str, Any] | None = None
+        self.keep = Path(cfg.keep) if cfg.keep else None
 
     @property
     def ctx(self) -> Context:
@@ -170,6 +175,8 @@ class _Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / "bench.json"
         identity = self.cfg.identity()
+        if self.keep is not None:
+            keep.check(self.keep, identity, self.cfg.overwrite)
         if path.exists():
             try:
                 old = json.loads(path.read_text())["identity"]
@@ -202,6 +209,16 @@ class _Bench:
         write_json_atomic(
             path, {"identity": identity, "config": json.loads(json.dumps(asdict(self.cfg), default=str))}
         )
+        if self.keep is not None:
+            restored = keep.restore(self.out, self.keep)
+            if restored:
+                say(f"restored {len(restored)} files of finished work from {self.keep}")
+            self.save_keep()
+
+    def save_keep(self) -> None:
+        """Copy what finished into the durable record (`gradsift.benchmark.keep`), when there is one."""
+        if self.keep is not None:
+            keep.save(self.out, self.keep)
 
     # -- data -----------------------------------------------------------------------------------------------
 
@@ -244,9 +261,12 @@ class _Bench:
 
     def prepare_model(self) -> None:
         cfg = self.cfg
+        kept = keep.kept_prepare(self.keep) if self.keep is not None else {}
         self.prepared = run_prepare(
             cfg.prepare, cfg.model, cfg.model_settings, self.out, cfg.data_seed, self.sets, self.set_paths, say
         )
+        self.notes += keep.compare_prepare(kept, self.prepared.steps)
+        self.save_keep()
         for name, step in self.prepared.steps.items():
             if step.get("met") is False:
                 until = step["until"]
@@ -302,6 +322,7 @@ class _Bench:
                 say(f"method {task.method}: not available ({meta['unavailable']}); skipped")
             elif seconds > 1:
                 say(f"{task.label}: {meta['n_selected']} rows in {meta['seconds']:.0f}s")
+            self.save_keep()
 
         # methods that share one cache would compute a shared step twice at once: they select one after another
         workers = self.workers if self.cfg.select_cache == "method" else Workers(1, self.cfg.progress)
@@ -417,6 +438,7 @@ class _Bench:
             "chosen": chosen,
         }
         write_json_atomic(self.out / "lr_search.json", self.lr_record)
+        self.save_keep()
         say(f"learning rate {chosen:g} chosen ({spec.column} on {spec.data}, mean over budgets)")
 
     # -- cells ----------------------------------------------------------------------------------------------
@@ -454,6 +476,7 @@ class _Bench:
             value = row.get(column)
             shown = f"{value:.4g}" if isinstance(value, float) else "-"
             say(f"[{count[0]}/{total}] {task.label}: {column}={shown} ({seconds:.0f}s; eta {eta / 60:.1f} min)")
+            self.save_keep()
 
         return done
 
@@ -600,6 +623,7 @@ def _run(cfg: BenchConfig) -> BenchResult:
             results.mkdir(parents=True, exist_ok=True)
             write_tables(results, table, paired, efficiency, feasibility)
             sittings = sitting.end()
+            bench.save_keep()
     data = collect_report_data(
         cfg,
         sets=bench.sets,

@@ -33,7 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from gradsift import costs
+import gradsift.costs as costs
 from gradsift.atomic import write_json_atomic
 from gradsift.benchmark.config import BAND, BenchConfig, BenchmarkSpec
 from gradsift.benchmark.sets import Record, as_example, fingerprint, read_set, record_row

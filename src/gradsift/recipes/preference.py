@@ -67,7 +67,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from gradsift import costs
+import gradsift.costs as costs
 from gradsift.atomic import write_bytes_atomic, write_json_atomic
 from gradsift.data.load import load_pairs
 from gradsift.data.records import Pair, fingerprint

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from gradsift import costs
+import gradsift.costs as costs
 from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Example, fingerprint
 from gradsift.gradients.extract import FeatureConfig, extract_features

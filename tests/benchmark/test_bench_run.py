@@ -351,6 +351,11 @@ def test_preference_grid_trains_dpo_and_scores_pairs(tmp_path, tiny_model_dir):
     cfg = json.loads((tmp_path / "work" / "cells" / "random__k4__s0" / "train" / "config.json").read_text())
     assert cfg["kind"] == "dpo"
     assert (tmp_path / "work" / "report.html").exists()  # results default to out
+    # the reference (base model, adapter off) is scored once for the grid's adapters, and read by the others
+    refs = list((tmp_path / "work" / "cache" / "eval-reference").iterdir())
+    assert [p.name.split("-")[0] for p in refs] == ["pref"]
+    ev = json.loads((tmp_path / "work" / "cells" / "full__k10__s0" / "eval" / "pref.json").read_text())
+    assert len(ev["examples"]) == 4 and np.load(refs[0]).shape == (4, 2)
 
 
 class _NoPool(Exception):

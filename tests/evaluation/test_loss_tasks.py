@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from evalkit import ex
@@ -116,6 +117,29 @@ def test_preference_matches_manual_margins(tiny_tokenizer, tiny_model):
     assert [r["margin"] for r in res["examples"]] == pytest.approx(manual, rel=1e-4, abs=1e-4)
     assert res["metrics"]["accuracy"] == sum(m > 0 for m in manual) / len(manual)
     assert res["metrics"]["mean_reward_margin"] == pytest.approx(0.5 * sum(manual) / len(manual), rel=1e-4, abs=1e-4)
+
+
+def test_a_cached_reference_gives_the_same_margins_and_is_not_recomputed(tiny_tokenizer, tiny_model, tmp_path):
+    model = attach_lora(tiny_model, LoraSettings(rank=4, target_modules=["q_proj", "v_proj"]), seed=1, init="gaussian")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.mul_(20)
+    settings = ScoringSettings(batch_size=2)
+    plain = evaluate_preference(model, tiny_tokenizer, PAIRS, settings=settings)
+    cache = tmp_path / "ref.npy"
+    first = evaluate_preference(model, tiny_tokenizer, PAIRS, settings=settings, reference_cache=cache)
+    assert np.load(cache).shape == (len(PAIRS), 2)
+    # the reference is read back, never computed again: the adapter is not switched off any more
+    model.disable_adapter = None
+    again = evaluate_preference(model, tiny_tokenizer, PAIRS, settings=settings, reference_cache=cache)
+    for res in (first, again):
+        assert [r["margin"] for r in res["examples"]] == pytest.approx(
+            [r["margin"] for r in plain["examples"]], rel=1e-6, abs=1e-6
+        )
+    np.save(cache, np.zeros((len(PAIRS) + 1, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_preference(model, tiny_tokenizer, PAIRS, settings=settings, reference_cache=cache)
 
 
 def test_preference_with_a_separate_reference(tiny_tokenizer):

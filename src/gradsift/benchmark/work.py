@@ -39,6 +39,7 @@ from gradsift.benchmark.config import BAND, BenchConfig, BenchmarkSpec
 from gradsift.benchmark.sets import Record, as_example, fingerprint, read_set, record_row
 from gradsift.data.load import write_jsonl
 from gradsift.evaluation.tasks import TaskKind
+from gradsift.settings import settings_hash
 from gradsift.training.run import TrainConfig
 
 
@@ -394,7 +395,13 @@ def _evaluate(ctx: Context, b: BenchmarkSpec, lm: Any, path: Path) -> dict[str, 
     if b.kind is not TaskKind.PREFERENCE:
         records = [as_example(r) for r in records]
     cfg = b.eval_config(data=ctx.set_paths[b.data], out=None, progress=ctx.cfg.progress)
-    result = run_evaluate(cfg, records=records, loaded=lm)  # type: ignore[arg-type]
+    reference = None
+    if b.kind is TaskKind.PREFERENCE:
+        # every adapter of the grid has the same reference (its base model, adapter off): scored once
+        key = settings_hash({"model": lm.fingerprint, "data": data_fingerprint, "benchmark": b.identity()}, 12)
+        reference = ctx.out / "cache" / "eval-reference" / f"{b.name}-{key}.npy"
+        reference.parent.mkdir(parents=True, exist_ok=True)
+    result = run_evaluate(cfg, records=records, loaded=lm, reference_cache=reference)  # type: ignore[arg-type]
     result["benchmark_identity"] = b.identity()
     result["data_fingerprint"] = data_fingerprint
     result["bench_seconds"] = round(time.perf_counter() - t0, 3)

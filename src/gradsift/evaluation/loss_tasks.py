@@ -7,16 +7,20 @@ The likelihood of reference text under the model, in length-bucketed batches
 
 from __future__ import annotations
 
+import io
 import re
 import string
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from gradsift.atomic import write_bytes_atomic
 from gradsift.data.records import Example, Pair
 from gradsift.data.tokenize import IGNORE, EncodeStats, encode_examples, encode_pairs
-from gradsift.evaluation.generate import GenerationSettings, eval_mode, generate
+from gradsift.evaluation.generate import GenerationSettings, generate
 from gradsift.evaluation.tasks import (
     ScoringSettings,
     TaskKind,
@@ -27,7 +31,7 @@ from gradsift.evaluation.tasks import (
     share,
     task_result,
 )
-from gradsift.model.task import DPOTask, SFTTask, sequence_logps
+from gradsift.model.task import SFTTask, adapter_disabled, sequence_logps
 
 
 def normalise_text(text: str) -> str:
@@ -146,6 +150,7 @@ def evaluate_preference(
     beta: float = 0.1,
     settings: ScoringSettings | None = None,
     reference_model: Any = None,
+    reference_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Preference accuracy and mean implicit reward margin on held-out pairs (`DPOTask`).
 
@@ -161,13 +166,18 @@ def evaluate_preference(
         beta: DPO temperature.
         settings: Length limit and batch size (pairs per forward pass).
         reference_model: Optional separate reference model (e.g. after full fine-tuning).
+        reference_cache: A ``.npy`` file for the reference log-probabilities [N, 2] (chosen, rejected): read
+            when it exists, else computed and written. The reference is the same for every adapter trained on
+            one base model, so a grid of adapters pays its forward passes once. The caller keys the file by
+            everything that decides it (base model, pairs, settings); a file of another shape is refused.
 
     Returns:
         Result dict; metrics ``accuracy``, ``mean_reward_margin`` (with beta), ``mean_margin`` (without) and
         ``n_truncated``.
 
     Raises:
-        ValueError: No reference: the model has no adapter to disable and no `reference_model` was given.
+        ValueError: No reference: the model has no adapter to disable and no `reference_model` was given; a
+            `reference_cache` of another shape.
     """
     require(pairs, "preference pairs")
     if reference_model is None and not hasattr(model, "disable_adapter"):
@@ -175,20 +185,40 @@ def evaluate_preference(
             "preference evaluation needs a reference: pass a peft model (reference = adapter disabled) "
             "or reference_model=..."
         )
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
     settings = settings or ScoringSettings()
-    task = DPOTask(beta=beta)
     encoded, stats = encode_pairs(tokenizer, pairs, settings.max_length, settings.truncation)
-
-    def margins_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if reference_model is not None:
-            with eval_mode(reference_model):
-                batch["ref_logps"] = sequence_logps(reference_model, batch)[0]
-        return task.margins(model, batch).float()
-
     budget = settings.batch_size * settings.max_length
-    margins = [
-        float(m) for m in forward_in_batches(model, tokenizer, encoded, margins_of, budget, settings.batch_size)
-    ]
+
+    def logps(m: Any) -> np.ndarray:
+        """Summed log-probabilities [N, 2] of each pair's chosen and rejected response under `m`."""
+
+        def rows(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            lp = sequence_logps(m, batch)[0].double()
+            b = lp.shape[0] // 2
+            return torch.stack([lp[:b], lp[b:]], dim=1)
+
+        return torch.stack(forward_in_batches(m, tokenizer, encoded, rows, budget, settings.batch_size)).numpy()
+
+    ref: np.ndarray | None = None
+    cache = Path(reference_cache) if reference_cache is not None else None
+    if cache is not None and cache.exists():
+        ref = np.load(cache, allow_pickle=False)
+        if ref.shape != (len(pairs), 2):
+            raise ValueError(f"{cache}: reference log-probabilities of shape {ref.shape}, not ({len(pairs)}, 2)")
+    if ref is None:
+        if reference_model is not None:
+            ref = logps(reference_model)
+        else:
+            with adapter_disabled(model):
+                ref = logps(model)
+        if cache is not None:
+            buf = io.BytesIO()
+            np.save(buf, ref)
+            write_bytes_atomic(cache, buf.getvalue())
+    pol = logps(model)
+    margins = [float(m) for m in (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])]
     rows = [
         {
             "id": p.id,

@@ -224,6 +224,7 @@ def evaluate_records(
     cfg: EvaluateConfig,
     records: Records,
     judge: RefusalJudge | None = None,
+    reference_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run `cfg.task` on `records` with `model` (its adapter, if any, active).
 
@@ -233,6 +234,8 @@ def evaluate_records(
         cfg: Task and settings.
         records: What `read_task_records` returns for the task.
         judge: Refusal judge; default the phrase judge with `cfg.refusal_window`.
+        reference_cache: ``preference``: file of the reference log-probabilities, read or written
+            (`evaluate_preference`).
 
     Returns:
         The task's result dict (``task``, ``n``, ``metrics``, ``examples``).
@@ -258,7 +261,7 @@ def evaluate_records(
         generation = cfg.generation() if cfg.utility_generate else None
         return evaluate_utility(model, tokenizer, data, cfg.scoring(), generation, cfg.progress)
     if kind is TaskKind.PREFERENCE:
-        return evaluate_preference(model, tokenizer, data, cfg.beta, cfg.scoring())
+        return evaluate_preference(model, tokenizer, data, cfg.beta, cfg.scoring(), reference_cache=reference_cache)
     return evaluate_target_loss(model, tokenizer, data, cfg.scoring())
 
 
@@ -283,6 +286,7 @@ def run_evaluate(
     records: Records | None = None,
     loaded: LoadedModel | None = None,
     judge: RefusalJudge | None = None,
+    reference_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on one task as `cfg` says and write the results to `cfg.out` (when set).
 
@@ -291,6 +295,8 @@ def run_evaluate(
         records: Records to use instead of reading `cfg.data` (the form `read_task_records` returns).
         loaded: A model to evaluate instead of loading `cfg.model` and `cfg.adapter`.
         judge: Refusal judge (default: the phrase judge).
+        reference_cache: ``preference``: file of the reference log-probabilities, read when it exists, else
+            written (`gradsift.evaluation.loss_tasks.evaluate_preference`).
 
     Returns:
         The task's result dict plus ``config`` (these settings), ``model`` (provenance), ``adapter`` and
@@ -306,7 +312,7 @@ def run_evaluate(
     t0 = time.perf_counter()
     data = records if records is not None else read_task_records(cfg)
     lm = loaded if loaded is not None else load_evaluated_model(cfg)
-    result = evaluate_records(lm.model, lm.tokenizer, cfg, data, judge)
+    result = evaluate_records(lm.model, lm.tokenizer, cfg, data, judge, reference_cache)
     result["config"] = asdict(cfg)
     result["model"] = lm.describe()
     result["adapter"] = cfg.adapter

@@ -71,6 +71,17 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def write_npy_atomic(path: str | Path, array: Any) -> None:
+    """Replace `path` with `array` in ``.npy`` format atomically (`write_bytes_atomic`)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     """Replace `path` with `text` atomically (see `write_bytes_atomic`).
 

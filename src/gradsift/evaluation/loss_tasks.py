@@ -7,7 +7,6 @@ The likelihood of reference text under the model, in length-bucketed batches
 
 from __future__ import annotations
 
-import io
 import re
 import string
 from collections.abc import Sequence
@@ -17,21 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradsift.atomic import write_bytes_atomic
+from gradsift.atomic import write_npy_atomic
 from gradsift.data.records import Example, Pair
 from gradsift.data.tokenize import IGNORE, EncodeStats, encode_examples, encode_pairs
-from gradsift.evaluation.generate import GenerationSettings, generate
+from gradsift.evaluation.generate import GenerationSettings, eval_mode, generate
 from gradsift.evaluation.tasks import (
     ScoringSettings,
     TaskKind,
     forward_in_batches,
     last_user,
+    pad_id,
     prompt_messages,
     require,
     share,
     task_result,
 )
-from gradsift.model.task import SFTTask, adapter_disabled, sequence_logps
+from gradsift.model.task import SFTTask, adapter_disabled, pair_logps
 
 
 def normalise_text(text: str) -> str:
@@ -193,13 +193,9 @@ def evaluate_preference(
 
     def logps(m: Any) -> np.ndarray:
         """Summed log-probabilities [N, 2] of each pair's chosen and rejected response under `m`."""
-
-        def rows(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            lp = sequence_logps(m, batch)[0].double()
-            b = lp.shape[0] // 2
-            return torch.stack([lp[:b], lp[b:]], dim=1)
-
-        return torch.stack(forward_in_batches(m, tokenizer, encoded, rows, budget, settings.batch_size)).numpy()
+        # pair_logps counts both rows of a pair against its budget: twice the budget batches as before
+        with eval_mode(m):
+            return pair_logps(m, encoded, pad_id(tokenizer), 2 * budget, settings.batch_size, desc="preference")
 
     ref: np.ndarray | None = None
     cache = Path(reference_cache) if reference_cache is not None else None
@@ -214,9 +210,7 @@ def evaluate_preference(
             with adapter_disabled(model):
                 ref = logps(model)
         if cache is not None:
-            buf = io.BytesIO()
-            np.save(buf, ref)
-            write_bytes_atomic(cache, buf.getvalue())
+            write_npy_atomic(cache, ref)
     pol = logps(model)
     margins = [float(m) for m in (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])]
     rows = [

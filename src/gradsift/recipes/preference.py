@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 import gradsift.costs as costs
-from gradsift.atomic import write_bytes_atomic, write_json_atomic
+from gradsift.atomic import write_bytes_atomic, write_json_atomic, write_npy_atomic
 from gradsift.data.load import load_pairs
 from gradsift.data.records import Pair, fingerprint
 from gradsift.data.tokenize import Encoded, bucket_batches, collate, encode_pairs
@@ -467,10 +467,8 @@ class PreferenceSteps:
                         bad += [i for i, good in zip(idx, ok, strict=True) if not good]
                     if len(bad) == len(val):
                         raise ValueError("every validation pair has a non-finite gradient: IF is undefined")
-                    buf = io.BytesIO()
-                    np.save(buf, total)
                     folder.mkdir(parents=True, exist_ok=True)
-                    write_bytes_atomic(grad_path, buf.getvalue())
+                    write_npy_atomic(grad_path, total)
                     write_json_atomic(
                         grad_info, {"n_bad": len(bad), "bad_ids": [self.validation[i].id for i in bad[:50]]}
                     )

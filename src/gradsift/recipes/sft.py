@@ -130,12 +130,11 @@ def checkpoints(ctx: ScoreContext, method: str) -> list[Checkpoint]:
             result = load_warmup(run_dir)
             costs.reuse(run_dir)
         else:
-            since = costs.now()
-            lm = ctx.fresh_model()
-            # the trainer's bar follows gradsift's progress mode (not part of the key: it changes nothing learnt)
-            shown = {**config, "disable_tqdm": not bars()}
-            result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, shown)
-            costs.record(run_dir, since)
+            with costs.computing(run_dir):
+                lm = ctx.fresh_model()
+                # the trainer's bar follows gradsift's progress mode (not part of the key: it changes nothing learnt)
+                shown = {**config, "disable_tqdm": not bars()}
+                result = run_warmup(lm.model, lm.tokenizer, ctx.pool, run_dir, settings, lora, shown)
         ctx.shared.setdefault("timings", {})["warmup"] = time.perf_counter() - t
         ckpts = [Checkpoint(f"epoch-{c.epoch}", str(c.path), str(c.path), float(c.lr)) for c in result.checkpoints]
     cached[mode] = ckpts
@@ -204,9 +203,8 @@ def features(
         store = done
         costs.reuse(Path(cfg.out))
     else:
-        since = costs.now()
-        store = extract_features(cfg, records=records, loaded=ctx.fresh_model())
-        costs.record(Path(cfg.out), since)
+        with costs.computing(Path(cfg.out)):
+            store = extract_features(cfg, records=records, loaded=ctx.fresh_model())
     timings = ctx.shared.setdefault("timings", {})
     timings[f"features/{ckpt.name}/{variant}"] = time.perf_counter() - t
     return store

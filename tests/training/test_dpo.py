@@ -162,3 +162,40 @@ def test_bad_inputs_are_refused(tiny_model, tiny_tokenizer, tmp_path):
     peft_model = attach_lora(tiny_model, LoraSettings())
     with pytest.raises(ValueError, match="base model"):
         train_dpo(peft_model, tiny_tokenizer, make_pairs(2), tmp_path, config=FAST)
+
+
+def _adapter(out):
+    from safetensors.torch import load_file
+
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def test_cached_reference_trains_as_the_per_step_reference(tiny_model_dir, tmp_path, monkeypatch):
+    from trl import DPOTrainer
+
+    cfg = {**FAST, "max_steps": 4, "learning_rate": 5e-2, "seed": 3}
+    pairs = make_pairs(10)
+    cache = tmp_path / "cache"
+    runs = {}
+    for name, ref in (("plain", None), ("fill", cache), ("read", cache)):
+        if name == "read":
+            # every pair is in the cache now: the reference is never run again
+            monkeypatch.setattr(DPOTrainer, "compute_ref_log_probs", lambda *a: pytest.fail("reference recomputed"))
+        model, tok = load(tiny_model_dir)
+        train_dpo(model, tok, pairs, tmp_path / name, config=cfg, beta=0.2, reference_cache=ref)
+        runs[name] = ([r["loss"] for r in read_log(tmp_path / name)], _adapter(tmp_path / name))
+    (file,) = cache.glob("reference-*.json")
+    logps = json.loads(file.read_text())["logps"]
+    assert len(logps) == 10
+    for name in ("fill", "read"):
+        assert runs[name][0] == pytest.approx(runs["plain"][0], abs=1e-5)
+        for k, v in runs["plain"][1].items():
+            torch.testing.assert_close(runs[name][1][k], v, rtol=1e-4, atol=1e-6)
+
+    # the cached values are the ones trained with: a reference shifted by +1 on every chosen answer gives
+    # the first step (policy = base) the margin -beta and the loss softplus(beta)
+    file.write_text(json.dumps({"settings": {}, "logps": {k: [c + 1.0, r] for k, (c, r) in logps.items()}}))
+    model, tok = load(tiny_model_dir)
+    train_dpo(model, tok, pairs, tmp_path / "shifted", config=cfg, beta=0.2, reference_cache=cache)
+    first = read_log(tmp_path / "shifted")[0]
+    assert first["loss"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.2))), abs=1e-4)

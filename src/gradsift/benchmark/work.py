@@ -374,7 +374,9 @@ def _train(ctx: Context, cell: Cell, lm: Any, d: Path) -> tuple[Any, dict[str, A
         progress=True,
         **settings,
     )
-    result = run_train(tc, records=records, loaded=lm)  # type: ignore[arg-type]
+    # every DPO cell of the grid has the same reference (the base model, adapter off): each pair scored once
+    reference = ctx.out / "cache" / "train-reference" / settings_hash({"model": lm.fingerprint}, 12)
+    result = run_train(tc, records=records, loaded=lm, reference_cache=reference)  # type: ignore[arg-type]
     log_loss = json.loads((d / "train" / "result.json").read_text()).get("train_loss")
     info = {
         "train_steps": result.global_step,

@@ -10,18 +10,26 @@ else as standard text in gradsift's plain "### User:/### Assistant:" layout. TRL
 alone fills ``max_length`` and cuts the others' completions to fit, without saying so; gradsift counts both
 first with TRL's own tokenisation and truncation rules, leaves the dropped pairs out itself, and writes the
 counts and ids to the run's ``config.json`` and ``result.json``.
+
+The reference log-probabilities can come from a file (``reference_cache``): the reference is the same base
+model for every run of a grid, so each pair's reference pass is done once for all runs instead of at every
+step of every run (a third of a LoRA DPO step's compute: the reference forward beside the policy's forward
+and backward).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Pair
 from gradsift.data.tokenize import segments
 from gradsift.model.lora import LoraSettings, is_peft_model
+from gradsift.settings import settings_hash
 from gradsift.training.common import DataCounts, RunPlan, TrainResult, make_config, train_adapter
 
 _DEFAULTS = {"num_train_epochs": 1}
@@ -132,9 +140,18 @@ def _check_base(model: Any, lora: LoraSettings | None) -> LoraSettings:
 
 
 def make_dpo_trainer(
-    model: Any, tokenizer: Any, cfg: Any, dataset: Any, lora: LoraSettings, callbacks: list[Any] | None
+    model: Any,
+    tokenizer: Any,
+    cfg: Any,
+    dataset: Any,
+    lora: LoraSettings,
+    callbacks: list[Any] | None,
+    reference_cache: str | Path | None = None,
 ) -> Any:
     """A `DPOTrainer` on the base `model` with a new LoRA adapter and the adapter-disabled base as reference.
+
+    With `reference_cache`, the reference log-probabilities are read from that directory (see
+    `attach_reference`) instead of being computed at every step.
 
     Raises:
         RuntimeError: The trainer holds a separate reference model or a "ref" adapter (a TRL change).
@@ -153,7 +170,74 @@ def make_dpo_trainer(
     adapters: Any = getattr(trainer.model, "peft_config", {})
     if trainer.ref_model is not None or "ref" in adapters:
         raise RuntimeError("TRL built a separate DPO reference; gradsift needs the adapter-disabled base model")
+    if reference_cache is not None and not cfg.precompute_ref_log_probs:
+        attach_reference(trainer, Path(reference_cache))
     return trainer
+
+
+def _reference_settings(trainer: Any) -> dict[str, Any]:
+    """What, besides the base model and a pair's token ids, decides its reference log-probabilities."""
+    args = trainer.args
+    return {
+        "max_length": args.max_length,
+        "truncation_mode": args.truncation_mode,
+        "ld_alpha": args.ld_alpha,
+        "pad_to_multiple_of": args.pad_to_multiple_of,
+    }
+
+
+def attach_reference(trainer: Any, cache_dir: Path) -> int:
+    """Give `trainer`'s training pairs their reference log-probabilities from `cache_dir`, computing (with
+    TRL's own `compute_ref_log_probs`, adapter disabled) and adding only the pairs it lacks.
+
+    The pairs then carry ``ref_chosen_logps``/``ref_rejected_logps`` columns, the form TRL's
+    ``precompute_ref_log_probs`` gives them, and the trainer reads them instead of running the reference.
+    The directory must hold one base model's values (the caller names it by the model); entries are keyed by
+    the pair's token ids, and the file by the settings that change the values (`_reference_settings`).
+
+    Returns:
+        How many pairs were computed (0 when all were cached).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    ds = trainer.train_dataset
+    settings = _reference_settings(trainer)
+    path = cache_dir / f"reference-{settings_hash(settings, 12)}.json"
+    cached: dict[str, list[float]] = json.loads(path.read_text())["logps"] if path.exists() else {}
+    keys = [
+        settings_hash([r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]], 32)
+        for r in ds.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+    ]
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k not in cached:
+            first.setdefault(k, i)
+    missing = list(first.values())
+    if missing:
+        loader = DataLoader(
+            ds.select(missing).select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
+            batch_size=trainer.args.per_device_train_batch_size,
+            collate_fn=trainer.data_collator,
+            shuffle=False,
+        )
+        device = trainer.accelerator.device
+        values: list[list[float]] = []
+        for batch in loader:
+            moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            chosen, rejected = trainer.compute_ref_log_probs(trainer.model, moved)
+            values += [[float(c), float(r)] for c, r in zip(chosen.cpu(), rejected.cpu(), strict=True)]
+        # re-read: another run may have added pairs meanwhile
+        fresh = json.loads(path.read_text())["logps"] if path.exists() else {}
+        cached = {**fresh, **cached, **{keys[i]: v for i, v in zip(missing, values, strict=True)}}
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"settings": settings, "logps": cached}, indent=0)
+    trainer.train_dataset = ds.add_column("ref_chosen_logps", [cached[k][0] for k in keys]).add_column(
+        "ref_rejected_logps", [cached[k][1] for k in keys]
+    )
+    # what TRL's precompute_ref_log_probs sets once the columns are in; the reference forward is then skipped
+    trainer.precompute_ref_logps = True
+    return len(missing)
 
 
 def plan_dpo(
@@ -182,6 +266,7 @@ def build_dpo_trainer(
     *,
     beta: float | None = None,
     callbacks: list[Any] | None = None,
+    reference_cache: str | Path | None = None,
 ) -> tuple[Any, DataCounts]:
     """Set up the `DPOTrainer` that `train_dpo` runs, without training (arguments as in `train_dpo`).
 
@@ -190,7 +275,8 @@ def build_dpo_trainer(
     """
     checked = _check_base(model, lora)
     plan = plan_dpo(tokenizer, pairs, out_dir, checked, config, beta)
-    return make_dpo_trainer(model, tokenizer, plan.config, plan.dataset, checked, callbacks), plan.counts
+    trainer = make_dpo_trainer(model, tokenizer, plan.config, plan.dataset, checked, callbacks, reference_cache)
+    return trainer, plan.counts
 
 
 def train_dpo(
@@ -205,6 +291,7 @@ def train_dpo(
     resume: bool = True,
     overwrite: bool = False,
     callbacks: list[Any] | None = None,
+    reference_cache: str | Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on preference pairs with TRL's `DPOTrainer` (sigmoid loss by default).
 
@@ -224,6 +311,8 @@ def train_dpo(
         resume: Resume an unfinished run with the same settings from its last checkpoint.
         overwrite: Replace a run with different settings, or retrain a finished one.
         callbacks: Extra `transformers.TrainerCallback`s.
+        reference_cache: A directory of this base model's reference log-probabilities, read and extended
+            (`attach_reference`); the same values as the per-step reference pass, computed once per pair.
 
     Returns:
         The result (with the truncated/dropped counts); ``result.model`` is the trained peft model.
@@ -238,7 +327,7 @@ def train_dpo(
     return train_adapter(
         plan,
         identity,
-        lambda: make_dpo_trainer(model, tokenizer, plan.config, plan.dataset, checked, callbacks),
+        lambda: make_dpo_trainer(model, tokenizer, plan.config, plan.dataset, checked, callbacks, reference_cache),
         model,
         tokenizer,
         what="DPO pairs",

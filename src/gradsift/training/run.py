@@ -168,6 +168,7 @@ def run_train(
     cfg: TrainConfig,
     records: list[Example] | list[Pair] | None = None,
     loaded: LoadedModel | None = None,
+    reference_cache: str | Path | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter as `cfg` says.
 
@@ -175,6 +176,8 @@ def run_train(
         cfg: The settings.
         records: Training records to use instead of reading `cfg.data` (examples for ``sft``, pairs for ``pair``).
         loaded: A loaded base model to train (an adapter is added to it in place) instead of loading `cfg.model`.
+        reference_cache: ``pair``: a directory of the base model's DPO reference log-probabilities, shared by
+            the runs of one base model (`gradsift.training.dpo.attach_reference`); ignored for ``sft``.
 
     Returns:
         The training result; ``result.model`` is the model with the trained adapter, ready for evaluation.
@@ -186,10 +189,15 @@ def run_train(
     """
     # the directory is locked before the data is read: a second run into it fails at once
     with locked_dir(cfg.out):
-        return _train(cfg, records, loaded)
+        return _train(cfg, records, loaded, reference_cache)
 
 
-def _train(cfg: TrainConfig, records: list[Example] | list[Pair] | None, loaded: LoadedModel | None) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    records: list[Example] | list[Pair] | None,
+    loaded: LoadedModel | None,
+    reference_cache: str | Path | None,
+) -> TrainResult:
     from gradsift.training.dpo import train_dpo
     from gradsift.training.sft import train_sft
 
@@ -202,7 +210,15 @@ def _train(cfg: TrainConfig, records: list[Example] | list[Pair] | None, loaded:
     lora = cfg.lora_settings()
     common = {"lora": lora, "config": cfg.trainer_config(), "resume": cfg.resume, "overwrite": cfg.overwrite}
     if cfg.kind == "pair":
-        result = train_dpo(lm.model, lm.tokenizer, data, cfg.out, beta=cfg.beta, **common)  # type: ignore[arg-type]
+        result = train_dpo(
+            lm.model,
+            lm.tokenizer,
+            data,  # type: ignore[arg-type]
+            cfg.out,
+            beta=cfg.beta,
+            reference_cache=reference_cache,
+            **common,  # type: ignore[arg-type]
+        )
     else:
         result = train_sft(lm.model, lm.tokenizer, data, cfg.out, **common)  # type: ignore[arg-type]
     settings = {

@@ -29,6 +29,7 @@ from gradsift.atomic import write_json_atomic
 from gradsift.data.records import Pair
 from gradsift.data.tokenize import segments
 from gradsift.model.lora import LoraSettings, is_peft_model
+from gradsift.progress import progress
 from gradsift.settings import settings_hash
 from gradsift.training.common import DataCounts, RunPlan, TrainResult, make_config, train_adapter
 
@@ -223,10 +224,12 @@ def attach_reference(trainer: Any, cache_dir: Path) -> int:
         )
         device = trainer.accelerator.device
         values: list[list[float]] = []
-        for batch in loader:
-            moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            chosen, rejected = trainer.compute_ref_log_probs(trainer.model, moved)
-            values += [[float(c), float(r)] for c, r in zip(chosen.cpu(), rejected.cpu(), strict=True)]
+        with progress(len(missing), "DPO reference", unit="pair") as bar:
+            for batch in loader:
+                moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                chosen, rejected = trainer.compute_ref_log_probs(trainer.model, moved)
+                values += [[float(c), float(r)] for c, r in zip(chosen.cpu(), rejected.cpu(), strict=True)]
+                bar.update(len(chosen))
         # re-read: another run may have added pairs meanwhile
         fresh = json.loads(path.read_text())["logps"] if path.exists() else {}
         cached = {**fresh, **cached, **{keys[i]: v for i, v in zip(missing, values, strict=True)}}

@@ -173,7 +173,7 @@ def _adapter(out):
 def test_cached_reference_trains_as_the_per_step_reference(tiny_model_dir, tmp_path, monkeypatch):
     from trl import DPOTrainer
 
-    cfg = {**FAST, "max_steps": 4, "learning_rate": 5e-2, "seed": 3}
+    cfg = {**FAST, "max_steps": 2, "learning_rate": 5e-2, "seed": 3}
     pairs = make_pairs(10)
     cache = tmp_path / "cache"
     runs = {}
@@ -196,6 +196,6 @@ def test_cached_reference_trains_as_the_per_step_reference(tiny_model_dir, tmp_p
     # the first step (policy = base) the margin -beta and the loss softplus(beta)
     file.write_text(json.dumps({"settings": {}, "logps": {k: [c + 1.0, r] for k, (c, r) in logps.items()}}))
     model, tok = load(tiny_model_dir)
-    train_dpo(model, tok, pairs, tmp_path / "shifted", config=cfg, beta=0.2, reference_cache=cache)
+    train_dpo(model, tok, pairs, tmp_path / "shifted", config={**cfg, "max_steps": 1}, beta=0.2, reference_cache=cache)
     first = read_log(tmp_path / "shifted")[0]
     assert first["loss"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.2))), abs=1e-4)

@@ -19,7 +19,6 @@ Run: ``.venv/bin/python bench/cpu_allocator.py --data ../shared/data/alpagasus/d
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import resource
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mdreport import opening, write
 
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
 
@@ -103,16 +104,11 @@ def main() -> None:
         + " |"
         for k, m in med.items()
     ]
-    from gradsift.machine import machine_info
 
-    m = machine_info()
-    text = "\n".join(
+    write(
+        args.out,
         [
-            "# CPU training speed: glibc malloc vs jemalloc",
-            "",
-            f"- Command: `{' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`",
-            f"- Machine: {m['processor']}, {m['cpus']} CPUs, {m.get('memory', '?')}; torch {m['torch']}; "
-            f"date {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}.",
+            *opening("CPU training speed: glibc malloc vs jemalloc"),
             "- Each run: `gradsift train` of the built-in model, LoRA (q_proj, v_proj, rank 8), batch 4 x 256 "
             f"tokens, "
             f"{args.steps} steps on the first {args.limit} examples of `{Path(args.data).name}`; the allocators "
@@ -126,11 +122,8 @@ def main() -> None:
             "",
             f"jemalloc / glibc speed ratio: **{speedup:.2f}x** (median step time of glibc over jemalloc).",
             "",
-        ]
+        ],
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

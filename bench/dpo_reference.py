@@ -17,14 +17,14 @@ Run: ``.venv/bin/python bench/dpo_reference.py --data ../shared/data/hh-rlhf/har
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from mdreport import opening, write
 
 
 def _config(steps: int) -> dict[str, Any]:
@@ -61,7 +61,6 @@ def main() -> None:
 
     from gradsift.benchmark.sets import _text_length
     from gradsift.data.load import load_pairs
-    from gradsift.machine import machine_info
     from gradsift.model.load import ModelSettings, load_model
     from gradsift.training.dpo import build_dpo_trainer, train_dpo
 
@@ -90,15 +89,11 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in runs.items()}
     ratio = med["per-step reference"] / med["cached reference"]
-    m = machine_info()
     rows = [f"| {k} | {med[k]:.2f} | " + ", ".join(f"{x:.2f}" for x in v) + " |" for k, v in runs.items()]
-    text = "\n".join(
+    write(
+        args.out,
         [
-            "# LoRA DPO step time: reference forward at every step vs the shared reference cache",
-            "",
-            f"- Command: `{' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`",
-            f"- Machine: {m['processor']}, {m['cpus']} CPUs, {m.get('memory', '?')}; torch {m['torch']}; "
-            f"date {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}.",
+            *opening("LoRA DPO step time: reference forward at every step vs the shared reference cache"),
             f"- Each run: `train_dpo` of the built-in model (LoRA q_proj, v_proj, rank 8, float32 on CPU), "
             f"batch 4 pairs, max_length 256, {args.steps} steps on the first {len(pairs)} pairs of <= "
             f"{args.max_chars} characters of `{Path(args.data).name}`, seed 0 (same batches in both arms); the "
@@ -113,11 +108,8 @@ def main() -> None:
             f"fills the cache: {fill_per_pair:.2f} s a pair (trainer build with the fill minus without), paid "
             "once per pair for a whole grid.",
             "",
-        ]
+        ],
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ counts and ids to the run's ``config.json`` and ``result.json``.
 
 The reference log-probabilities can come from a file (``reference_cache``): the reference is the same base
 model for every run of a grid, so each pair's reference pass is done once for all runs instead of at every
-step of every run (a third of a LoRA DPO step's compute: the reference forward beside the policy's forward
-and backward).
+step of every run (the reference forward beside the policy's forward and backward: a CPU-size LoRA DPO step
+ran 1.36x faster without it, `bench/results/dpo-reference-cpu.md`).
 """
 
 from __future__ import annotations
@@ -205,7 +205,11 @@ def attach_reference(trainer: Any, cache_dir: Path) -> int:
     ds = trainer.train_dataset
     settings = _reference_settings(trainer)
     path = cache_dir / f"reference-{settings_hash(settings, 12)}.json"
-    cached: dict[str, list[float]] = json.loads(path.read_text())["logps"] if path.exists() else {}
+
+    def read() -> dict[str, list[float]]:
+        return json.loads(path.read_text())["logps"] if path.exists() else {}
+
+    cached = read()
     keys = [
         settings_hash([r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]], 32)
         for r in ds.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
@@ -231,8 +235,7 @@ def attach_reference(trainer: Any, cache_dir: Path) -> int:
                 values += [[float(c), float(r)] for c, r in zip(chosen.cpu(), rejected.cpu(), strict=True)]
                 bar.update(len(chosen))
         # re-read: another run may have added pairs meanwhile
-        fresh = json.loads(path.read_text())["logps"] if path.exists() else {}
-        cached = {**fresh, **cached, **{keys[i]: v for i, v in zip(missing, values, strict=True)}}
+        cached = {**read(), **cached, **{keys[i]: v for i, v in zip(missing, values, strict=True)}}
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"settings": settings, "logps": cached}, indent=0)
     trainer.train_dataset = ds.add_column("ref_chosen_logps", [cached[k][0] for k in keys]).add_column(

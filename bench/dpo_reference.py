@@ -59,12 +59,12 @@ def main() -> None:
     if args.steps < 3:
         raise SystemExit("--steps must be at least 3 (the first step is not timed)")
 
-    from gradsift.benchmark.sets import _text_length
+    from gradsift.benchmark.sets import text_length
     from gradsift.data.load import load_pairs
     from gradsift.model.load import ModelSettings, load_model
     from gradsift.training.dpo import build_dpo_trainer, train_dpo
 
-    pairs = [r for r in load_pairs(args.data) if _text_length(r) <= args.max_chars][: args.pairs]
+    pairs = [r for r in load_pairs(args.data) if text_length(r) <= args.max_chars][: args.pairs]
     settings = ModelSettings(device="cpu", dtype="float32")
     tmp = Path(tempfile.mkdtemp(prefix="gradsift-dpo-ref-"))
     cache = tmp / "cache"

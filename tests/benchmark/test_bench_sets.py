@@ -7,8 +7,8 @@ import pytest
 from benchkit import write_jsonl
 
 from gradsift.benchmark.dataspec import DataSpec, Source
-from gradsift.benchmark.sets import build_set, read_set, record_row
-from gradsift.data.records import Example, Pair
+from gradsift.benchmark.sets import build_set, read_set, record_row, text_length
+from gradsift.data.records import Example, MCItem, Pair
 
 
 def _rows(prefix: str, n: int, task: str | None = None) -> list[dict]:
@@ -57,6 +57,15 @@ def test_max_chars_and_limits(tmp_path):
         build_set(DataSpec(sources=[Source(path=str(a), max_chars=35, limit=19)]), "pool", 0)
     with pytest.raises(ValueError, match="leaves none"):
         build_set(DataSpec(sources=[Source(path=str(a))], holdout=20), "targets", 0)
+
+
+def test_text_length_counts_every_text_field_of_each_kind():
+    pair = Pair(id="p", prompt=[{"role": "user", "content": "abc"}], chosen="de", rejected="fgh")
+    assert text_length(pair) == 8
+    assert text_length(MCItem(id="m", question="q?", choices=["yes", "no"], answer=0)) == 7
+    ex = Example(id="e", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo!"}])
+    assert text_length(ex) == 5
+    assert text_length(Example(id="e", messages=ex.messages, rejected="nope")) == 9
 
 
 def test_rejected_responses_become_the_training_answer(tmp_path):

@@ -24,7 +24,9 @@ Record = Example | Pair | MCItem
 """A record of any set kind."""
 
 
-def _text_length(r: Record) -> int:
+def text_length(r: Record) -> int:
+    """Characters of a record's text: what a source's ``max_chars`` limits (prompt and answers of a pair,
+    question and choices of a multiple-choice item, messages and any rejected answer of an example)."""
     if isinstance(r, Pair):
         return sum(len(m["content"]) for m in r.prompt) + len(r.chosen) + len(r.rejected)
     if isinstance(r, MCItem):
@@ -73,7 +75,7 @@ def load_source(src: Source, kind: SetKind, seed: int) -> list[Record]:
         for r in records:
             r.task = src.task
     if src.max_chars:
-        records = [r for r in records if _text_length(r) <= src.max_chars]
+        records = [r for r in records if text_length(r) <= src.max_chars]
     records = records[src.offset :]
     if src.limit:
         if len(records) < src.limit:

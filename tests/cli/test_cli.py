@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,20 @@ def test_quiet_select_logs_one_line_per_stage_and_report_rebuilds_the_page(tmp_p
     assert capsys.readouterr().out.strip() == f"report: {out / 'report.html'}" and (out / "report.html").exists()
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "finished gradsift select run" in capsys.readouterr().err
+
+
+def test_demo_selects_fine_tunes_each_selection_and_prints_its_effect(tmp_path, capsys, tiny_model_dir):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--model", str(tiny_model_dir), "--n-pool", "24", "--n-targets", "4"]
+    code = main(args + ["--method", "random,loss,less,prism", "--train-steps", "2", "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    base = float(re.search(r"base model: (\d+\.\d+)", text).group(1))
+    losses = {m: float(v) for m, v in re.findall(r"^\s+(\S+): .*held-out loss (\d+\.\d+)$", text, flags=re.M)}
+    assert set(losses) == {"random", "loss", "less", "prism"}
+    # each method trained its own adapter, and training moved the held-out loss away from the base model's
+    for m in losses:
+        assert (out / "train" / m / "config.json").exists()
+    assert any(abs(v - base) > 1e-4 for v in losses.values())
+    report = re.search(r"^report: (\S+)$", text, flags=re.M).group(1)
+    assert report.endswith("report.html") and Path(report).exists()

@@ -71,6 +71,23 @@ def test_a_constant_difference_has_a_zero_width_interval():
     assert res.excludes_zero()
 
 
+def test_a_bound_that_is_exactly_zero_reads_as_zero_not_as_rounding_residue():
+    # a 0/1 metric (refusal) over 3 seeds: every replicate is an integer over 3 * N, so the bounds are exact;
+    # in floats the 1/3 seed weights once left the low bound at 5.6e-18 and the verdict at "better"
+    rng = np.random.default_rng(1)
+    a = (rng.random((3, 20)) < 0.6).astype(float)
+    b = (rng.random((3, 20)) < 0.3).astype(float)
+    got = paired_bootstrap(a, b, n_boot=200, seed=0)
+    examples, picks = bootstrap_draws(20, [3, 3], 200, np.random.default_rng(0))
+    ints = [
+        g.astype(np.int64)[pick[:, :, None], examples[:, None, :]].sum((1, 2))
+        for g, pick in zip((a, b), picks, strict=True)
+    ]
+    exact = np.quantile(ints[0] - ints[1], [0.025, 0.975]) / (3 * 20)
+    assert exact[0] == 0.0 and got.low == 0.0 and got.high == pytest.approx(exact[1], rel=1e-12)
+    assert not got.excludes_zero()
+
+
 def test_pairing_removes_the_shared_example_variation():
     # examples differ a lot, the two groups by a small shift: paired, the shift is found; the unpaired
     # intervals of the two means overlap

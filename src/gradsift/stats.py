@@ -188,4 +188,8 @@ def paired_bootstrap(
     replicates = np.take_along_axis(per_example, examples, axis=1).mean(1)
     tail = (1 - level) / 2
     low, high = np.quantile(replicates, [tail, 1 - tail])
-    return Interval(float(point), float(low), float(high))
+    # Seed weights (1/S) and means over examples leave a residue of ~1e-17 where the exact value is 0 (a
+    # replicate of a 0/1 metric such as refusal); read as a bound, it would put 0 outside the interval.
+    tol = 1e-9 * max(float(np.abs(g).max()) for g in groups)
+    point, low, high = (0.0 if abs(x) <= tol else float(x) for x in (point, low, high))
+    return Interval(point, low, high)

@@ -157,7 +157,8 @@ def paired_bootstrap(
         resample_seeds: Also resample the seeds of each group (no effect with one seed).
 
     Returns:
-        The mean of ``a.mean(0) - b.mean(0)`` over examples and its interval.
+        The mean of ``a.mean(0) - b.mean(0)`` over examples and its interval; a value within 1e-9 of the
+        largest |value| in `a` and `b` is returned as exactly 0 (float rounding residue, not a difference).
 
     Raises:
         ValueError: Shapes that do not pair, no examples, non-finite values, or `level`/`n_boot` out of range.
